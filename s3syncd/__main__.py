@@ -1,0 +1,3 @@
+from s3syncd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,262 @@
+"""Which actions may run without asking, the mass-delete brake, and the approval queue."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from s3syncd.config import Policy
+from s3syncd.errors import UnknownActionError
+from s3syncd.model import DELETE_KINDS, Action, ActionKind, LocalFile, Resolution, Row
+from s3syncd.state import StateDir
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteBrake:
+    """A plan that deletes more than ``max_percent`` of the files is held whole."""
+
+    deletes: int
+    total: int
+    max_percent: float
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.deletes / self.total if self.total else 0.0
+
+    @property
+    def engaged(self) -> bool:
+        # Tiny folders would trip on a single delete: require at least two.
+        return self.deletes >= 2 and self.percent > self.max_percent
+
+    def describe(self) -> str:
+        return (
+            f"{self.deletes} of {self.total} files ({self.percent:.0f}%) would be deleted, "
+            f"more than the {self.max_percent:.0f}% allowed; nothing is deleted until "
+            "you approve the deletions explicitly"
+        )
+
+
+def delete_brake(actions: Sequence[Action], total_files: int, policy: Policy) -> DeleteBrake:
+    deletes = sum(1 for a in actions if a.kind in DELETE_KINDS)
+    return DeleteBrake(deletes, max(total_files, deletes), policy.max_delete_percent)
+
+
+def auto_approved(action: Action, policy: Policy, brake: DeleteBrake) -> bool:
+    """True if ``action`` may run without the user's say-so."""
+    if action.kind is ActionKind.RECORD:
+        return True  # manifest bookkeeping; touches no file
+    if action.kind in DELETE_KINDS and brake.engaged:
+        return False
+    return action.kind in policy.auto_approve
+
+
+# --- the daemon's persisted queue ------------------------------------------------------
+
+
+class EntryState(enum.Enum):
+    PENDING = "pending"  # waiting for the user
+    APPROVED = "approved"  # waiting for the executor
+    RUNNING = "running"
+    FAILED = "failed"  # last attempt failed; approve again to retry
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    action: Action
+    queued_at: float
+    state: EntryState = EntryState.PENDING
+    resolution: Resolution | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": action_to_json(self.action),
+            "queued_at": self.queued_at,
+            "state": self.state.value,
+            "resolution": self.resolution.value if self.resolution else None,
+            "error": self.error,
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> Entry:
+        res = data.get("resolution")
+        return Entry(
+            action=action_from_json(data["action"]),
+            queued_at=float(data["queued_at"]),
+            state=EntryState(data.get("state", "pending")),
+            resolution=Resolution(res) if res else None,
+            error=data.get("error"),
+        )
+
+
+def _row_json(row: Row | None) -> list[str] | None:
+    return None if row is None else [row.path, row.edited_by, row.time_edited, row.checksum]
+
+
+def action_to_json(a: Action) -> dict[str, Any]:
+    return {
+        "kind": a.kind.value,
+        "path": a.path,
+        "reason": a.reason,
+        "local": None if a.local is None else [a.local.size, a.local.mtime_ns, a.local.md5],
+        "remote": _row_json(a.remote),
+        "remote_md5": a.remote_md5,
+        "base_md5": a.base_md5,
+        "manifest_etag": a.manifest_etag,
+        "remote_size": a.remote_size,
+    }
+
+
+def action_from_json(d: Mapping[str, Any]) -> Action:
+    local = d.get("local")
+    remote = d.get("remote")
+    return Action(
+        kind=ActionKind(d["kind"]),
+        path=str(d["path"]),
+        reason=str(d.get("reason", "")),
+        local=None if local is None else LocalFile(str(d["path"]), int(local[0]), int(local[1]),
+                                                   str(local[2])),
+        remote=None if remote is None else Row(*(str(v) for v in remote)),
+        remote_md5=d.get("remote_md5"),
+        base_md5=d.get("base_md5"),
+        manifest_etag=d.get("manifest_etag"),
+        remote_size=d.get("remote_size"),
+    )
+
+
+class ApprovalQueue:
+    """Proposed actions awaiting the user, persisted in ``.S3/sync-queue.json``.
+
+    Action ids are fingerprints of (kind, path, local MD5, remote MD5): a re-plan of the
+    same facts keeps the same id, and a rejected id is not proposed again until the file
+    changes on either side (which changes the id). Not thread-safe: the daemon's worker
+    thread and request handlers share it under the daemon's lock.
+    """
+
+    FILE = "sync-queue.json"
+
+    def __init__(self, state: StateDir) -> None:
+        self.state = state
+        self.entries: dict[str, Entry] = {}
+        self.rejected: set[str] = set()
+
+    def load(self) -> None:
+        data = self.state.read_json(self.FILE)
+        self.entries = {}
+        for raw in data.get("entries", []):
+            entry = Entry.from_json(raw)
+            if entry.state is EntryState.RUNNING:  # interrupted: ask again
+                entry = replace(entry, state=EntryState.APPROVED)
+            self.entries[entry.action.id] = entry
+        self.rejected = set(data.get("rejected", []))
+
+    def save(self) -> None:
+        self.state.write_json(
+            self.FILE,
+            {
+                "entries": [e.to_json() for e in self.entries.values()],
+                "rejected": sorted(self.rejected),
+            },
+        )
+
+    def update(self, actions: Sequence[Action], now: float, policy: Policy,
+               brake: DeleteBrake) -> None:
+        """Make the queue the current plan (minus rejections), auto-approving per policy."""
+        fresh: dict[str, Entry] = {}
+        plan_ids = set()
+        for a in actions:
+            plan_ids.add(a.id)
+            if a.id in self.rejected:
+                continue
+            old = self.entries.get(a.id)
+            if old is not None:
+                entry = replace(old, action=a)
+            else:
+                entry = Entry(a, now)
+            if entry.state is EntryState.PENDING and auto_approved(a, policy, brake):
+                entry = replace(entry, state=EntryState.APPROVED)
+            fresh[a.id] = entry
+        for key, old in self.entries.items():
+            if old.state is EntryState.RUNNING and key not in fresh:
+                fresh[key] = old
+        self.entries = fresh
+        self.rejected &= plan_ids
+        self.save()
+
+    def pending(self) -> list[Entry]:
+        return sorted(
+            (e for e in self.entries.values() if e.action.kind is not ActionKind.RECORD),
+            key=lambda e: (e.queued_at, e.action.path),
+        )
+
+    def _get(self, ids: Iterable[str]) -> list[Entry]:
+        found = []
+        for i in ids:
+            matches = [e for k, e in self.entries.items() if k == i or (len(i) >= 4 and k.startswith(i))]
+            if len(matches) != 1:
+                raise UnknownActionError(f"no pending action has id {i!r}")
+            found.append(matches[0])
+        return found
+
+    def approve(self, ids: Sequence[str] = (), *, all_: bool = False,
+                kind: ActionKind | None = None, brake: DeleteBrake | None = None,
+                resolution: Resolution | None = None) -> tuple[list[str], list[str]]:
+        """Approve by id, or all (optionally of one kind). Returns (approved, held back).
+
+        ``--all`` leaves deletions pending while the mass-delete brake is engaged, unless
+        the deletion kind is named explicitly.
+        """
+        chosen = self._get(ids) if ids else [
+            e for e in self.pending() if kind is None or e.action.kind is kind
+        ]
+        if not ids and not all_:
+            return [], []
+        done, held = [], []
+        for e in chosen:
+            if (not ids and brake is not None and brake.engaged and kind is None
+                    and e.action.kind in DELETE_KINDS):
+                held.append(e.action.id)
+                continue
+            if e.state is EntryState.RUNNING:
+                continue
+            res = resolution or e.resolution
+            if e.action.kind is ActionKind.CONFLICT and res is None:
+                res = Resolution.BOTH
+            self.entries[e.action.id] = replace(e, state=EntryState.APPROVED, resolution=res,
+                                                error=None)
+            done.append(e.action.id)
+        self.save()
+        return done, held
+
+    def reject(self, ids: Sequence[str]) -> list[str]:
+        out = []
+        for e in self._get(ids):
+            if e.state is EntryState.RUNNING:
+                continue
+            self.rejected.add(e.action.id)
+            del self.entries[e.action.id]
+            out.append(e.action.id)
+        self.save()
+        return out
+
+    def take_approved(self) -> list[tuple[Action, Resolution | None]]:
+        batch = []
+        for key, e in self.entries.items():
+            if e.state is EntryState.APPROVED:
+                self.entries[key] = replace(e, state=EntryState.RUNNING)
+                batch.append((e.action, e.resolution))
+        if batch:
+            self.save()
+        return batch
+
+    def finish(self, action_id: str, ok: bool, stale: bool, message: str) -> None:
+        e = self.entries.get(action_id)
+        if e is None:
+            return
+        if ok or stale:
+            del self.entries[action_id]  # stale ones come back from the re-plan
+        else:
+            self.entries[action_id] = replace(e, state=EntryState.FAILED, error=message)
+        self.save()

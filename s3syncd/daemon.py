@@ -1,0 +1,548 @@
+"""The daemon: wires engine, watcher, scheduler, approval queue and control socket.
+
+Threads (all named, all joined on shutdown):
+- ``s3syncd-worker``: the only thread that changes the engine's picture or runs
+  transfers; everything else hands it tasks.
+- the scheduler's pool (poll, rescan, audit jobs only enqueue tasks and wait),
+- the watcher's observer and debounce threads,
+- the control server's thread and request pool.
+Signal handlers only set a flag.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime as dt
+import fcntl
+import logging
+import logging.handlers
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from s3syncd import approvals, interactive
+from s3syncd.api import build_engine, reset
+from s3syncd.approvals import ApprovalQueue, EntryState
+from s3syncd.config import Config
+from s3syncd.engine import Engine
+from s3syncd.errors import (
+    EXIT_ERROR,
+    EXIT_OK,
+    AlreadyRunningError,
+    ProtocolError,
+    SyncError,
+)
+from s3syncd.executor import Outcome
+from s3syncd.model import APPROVABLE_KINDS, ActionKind, Resolution
+from s3syncd.protocol import PROTOCOL_VERSION
+
+log = logging.getLogger(__name__)
+
+MAX_ERRORS = 50
+MAX_RESULTS = 500
+LOG_LINES = 2000
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class MemoryLog(logging.Handler):
+    """Keeps the last lines for ``s3syncctl log``."""
+
+    def __init__(self, capacity: int = LOG_LINES) -> None:
+        super().__init__()
+        self.lines: collections.deque[str] = collections.deque(maxlen=capacity)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.lines.append(self.format(record))
+
+
+@dataclass(slots=True)
+class Progress:
+    active: dict[str, str] = field(default_factory=dict)  # action id -> path
+    bytes_done: int = 0
+    bytes_total: int = 0
+
+
+@dataclass(slots=True)
+class Task:
+    name: str
+    run: Callable[[], Any]
+    future: Future[Any] = field(default_factory=Future)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, engine: Engine | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.engine = engine or build_engine(cfg, ask_name=False)
+        self.queue = ApprovalQueue(self.engine.state)
+        self.lock = threading.RLock()  # guards queue, progress, errors, flags
+        self.stopping = threading.Event()
+        self.cancel = threading.Event()
+        self.tasks: queue.Queue[Task | None] = queue.Queue()
+        self.paused = False
+        self.started_at = clock()
+        self.last_poll: float | None = None
+        self.last_poll_result = "never"
+        self.last_rescan: float | None = None
+        self.errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_ERRORS)
+        self.results: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self.progress = Progress()
+        self.brake = approvals.DeleteBrake(0, 0, cfg.policy.max_delete_percent)
+        self.memlog = MemoryLog()
+        self.socket_path = self._socket_path()
+        self._lock_fh: TextIO | None = None
+        self._threads: list[threading.Thread] = []
+        self._server: Any = None
+        self._watcher: Any = None
+        self._scheduler: Any = None
+        self.reset_requested = False
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def _socket_path(self) -> Path:
+        if self.cfg.daemon.socket is not None:
+            return self.cfg.daemon.socket
+        from s3syncd.server import default_socket_path
+
+        return default_socket_path(self.cfg.name, self.cfg.state_dir, os.environ)
+
+    def _take_folder_lock(self) -> None:
+        # flock, not a pidfile: the kernel drops it when we die, even on kill -9.
+        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(self.cfg.state_dir / "s3syncd.lock", "a")  # noqa: SIM115 - held for our lifetime
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise AlreadyRunningError(
+                f"another s3syncd is already running on {self.cfg.datafolder}"
+            ) from None
+        self._lock_fh = fh
+
+    def start(self) -> None:
+        self._take_folder_lock()
+        eng = self.engine
+        eng.prepare()
+        self.queue.load()
+        eng.scan_local()
+        self.last_rescan = self.clock()
+        eng.refresh_remote(listing=True, force=True)
+        self.last_poll, self.last_poll_result = self.clock(), "changed"
+        self._replan()
+
+        worker = threading.Thread(target=self._work, name="s3syncd-worker", daemon=True)
+        worker.start()
+        self._threads.append(worker)
+
+        from s3syncd.server import ControlServer
+
+        self._server = ControlServer(self.socket_path, self.handle)
+        self._server.start()
+
+        from s3syncd.watcher import Watcher
+
+        self._watcher = Watcher(
+            self.cfg.datafolder,
+            lambda paths: self.submit("local", lambda: self._local_changed(paths)),
+            debounce=self.cfg.daemon.debounce,
+            on_rescan=lambda: self.submit("rescan", self._rescan),
+        )
+        self._watcher.start()
+        self._start_scheduler()
+        # Anything approved before a restart runs now.
+        self.submit("execute", lambda: None)
+        log.info("s3syncd serving %s on %s (socket %s)", self.cfg.datafolder,
+                 eng.remote.describe(), self.socket_path)
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        d = self.cfg.daemon
+        sched = BackgroundScheduler(
+            timezone="UTC",
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        sched.add_job(lambda: self._job("poll", self._poll), "interval",
+                      seconds=d.poll_interval, id="poll")
+        sched.add_job(lambda: self._job("rescan", self._rescan), "interval",
+                      seconds=d.rescan_interval, id="rescan")
+        sched.add_job(lambda: self._job("audit", self._audit), "interval",
+                      seconds=d.audit_interval, id="audit")
+
+        def listener(event: Any) -> None:
+            # A failing job never stops the scheduler; it is recorded for `status`.
+            exc = getattr(event, "exception", None)
+            if exc is not None:
+                self._error(f"job {event.job_id} failed: {exc}")
+
+        sched.add_listener(listener, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+        sched.start()
+        self._scheduler = sched
+
+    def stop(self) -> None:
+        """Stop accepting work, let running transfers end or abandon them, save, clean up."""
+        self.stopping.set()
+        self.cancel.set()
+        if self._scheduler is not None:
+            with contextlib.suppress(Exception):
+                self._scheduler.shutdown(wait=True)
+        if self._watcher is not None:
+            self._watcher.stop()
+        self.tasks.put(None)
+        for t in self._threads:
+            t.join(timeout=30)
+        if self._server is not None:
+            self._server.stop()
+        with self.lock:
+            # Actions cut short by the shutdown are asked again after a restart.
+            for key, e in list(self.queue.entries.items()):
+                if e.state is EntryState.RUNNING:
+                    self.queue.entries[key] = e.__class__(e.action, e.queued_at,
+                                                          EntryState.APPROVED, e.resolution)
+            self.queue.save()
+        if self._lock_fh is not None:
+            self._lock_fh.close()
+            self._lock_fh = None
+        log.info("s3syncd stopped")
+
+    # --- the worker ---------------------------------------------------------------------
+    def submit(self, name: str, fn: Callable[[], Any]) -> Future[Any]:
+        task = Task(name, fn)
+        if self.stopping.is_set():
+            task.future.set_exception(SyncError("the daemon is stopping"))
+        else:
+            self.tasks.put(task)
+        return task.future
+
+    def _job(self, name: str, fn: Callable[[], Any]) -> None:
+        if self.paused:
+            return
+        # Waiting keeps max_instances meaningful: the next poll starts after this one ends.
+        with contextlib.suppress(Exception):
+            self.submit(name, fn).result(timeout=max(60.0, self.cfg.daemon.poll_interval * 2))
+
+    def _work(self) -> None:
+        while True:
+            task = self.tasks.get()
+            if task is None:
+                return
+            try:
+                result = task.run()
+                if not self.stopping.is_set():
+                    self._execute_approved()
+                task.future.set_result(result)
+            except SyncError as exc:
+                self._error(f"{task.name}: {exc.message}")
+                task.future.set_exception(exc)
+            except Exception as exc:  # the worker must survive any single task
+                log.exception("task %s failed", task.name)
+                self._error(f"{task.name}: {exc}")
+                task.future.set_exception(exc)
+
+    def _error(self, message: str) -> None:
+        log.error("%s", message)
+        with self.lock:
+            self.errors.append({"time": _iso(self.clock()), "message": message})
+
+    def _replan(self) -> None:
+        eng = self.engine
+        plan = eng.plan()
+        eng.apply_agreement(plan)
+        total = max(len(eng.base), len(eng.index))
+        brake = approvals.delete_brake(plan.actions, total, self.cfg.policy)
+        with self.lock:
+            self.brake = brake
+            self.queue.update(plan.actions, self.clock(), self.cfg.policy, brake)
+        if brake.engaged:
+            log.warning("%s", brake.describe())
+
+    def _local_changed(self, paths: set[str]) -> None:
+        if self.engine.update_local(paths):
+            self._replan()
+
+    def _poll(self) -> None:
+        try:
+            changed = self.engine.refresh_remote(listing=True)
+        except SyncError as exc:
+            with self.lock:
+                self.last_poll, self.last_poll_result = self.clock(), f"error: {exc.message}"
+            raise
+        with self.lock:
+            self.last_poll = self.clock()
+            self.last_poll_result = "changed" if changed else "unchanged"
+        if changed:
+            self._replan()
+
+    def _rescan(self) -> None:
+        self.engine.scan_local()
+        self.last_rescan = self.clock()
+        self._replan()
+
+    def _audit(self) -> None:
+        self.engine.refresh_remote(listing=True, force=True)
+        self._replan()
+
+    def _execute_approved(self) -> None:
+        while not self.stopping.is_set() and not self.paused:
+            with self.lock:
+                batch = self.queue.take_approved()
+                if not batch:
+                    return
+                self.progress = Progress(
+                    active={a.id: a.path for a, _ in batch},
+                    bytes_total=sum(max(a.size or 0, 0) for a, _ in batch),
+                )
+            self.engine.execute(batch, progress=self._advance, on_outcome=self._outcome,
+                                cancel=self.cancel)
+            with self.lock:
+                self.progress = Progress()
+            if self.stopping.is_set():
+                return
+            self._replan()
+
+    def _advance(self, nbytes: int) -> None:
+        with self.lock:
+            self.progress.bytes_done += nbytes
+
+    def _outcome(self, out: Outcome) -> None:
+        a = out.action
+        with self.lock:
+            self.progress.active.pop(a.id, None)
+            if out.stale and self.cancel.is_set():
+                return  # abandoned by the shutdown; stays approved
+            self.queue.finish(a.id, out.ok, out.stale, out.message)
+            self.results[a.id] = {"ok": out.ok, "stale": out.stale, "message": out.message,
+                                  "path": a.path, "kind": a.kind.value}
+            while len(self.results) > MAX_RESULTS:
+                self.results.popitem(last=False)
+        if not out.ok and not out.stale:
+            self._error(f"{a.kind.value} {a.path}: {out.message}")
+
+    # --- control requests ---------------------------------------------------------------
+    def handle(self, method: str, params: dict[str, Any]) -> Any:
+        fn = getattr(self, f"rpc_{method}", None)
+        if fn is None:
+            raise ProtocolError(f"unknown method {method!r}")
+        return fn(params)
+
+    def rpc_hello(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"protocol": PROTOCOL_VERSION, "version": "0.1.0", "pid": os.getpid(),
+                "name": self.cfg.name}
+
+    def rpc_status(self, params: dict[str, Any]) -> dict[str, Any]:
+        eng = self.engine
+        with self.lock:
+            pending = self.queue.pending()
+            ids = [str(i) for i in params.get("ids", [])]
+            actions = {}
+            for i in ids:
+                match = [e for e in pending if e.action.id.startswith(i)]
+                if match:
+                    actions[i] = {"state": match[0].state.value, "message": match[0].error}
+                elif i in self.results:
+                    r = self.results[i]
+                    actions[i] = {"state": "done" if r["ok"] else "stale" if r["stale"]
+                                  else "failed", "message": r["message"]}
+                else:
+                    actions[i] = {"state": "gone", "message": None}
+            state = ("paused" if self.paused else
+                     "syncing" if self.progress.active else "running")
+            return {
+                "state": state,
+                "name": self.cfg.name,
+                "datafolder": str(self.cfg.datafolder),
+                "remote": eng.remote.describe(),
+                "user": eng.user,
+                "pid": os.getpid(),
+                "started": _iso(self.started_at),
+                "pending": sum(1 for e in pending if e.state is EntryState.PENDING),
+                "approved": sum(1 for e in pending if e.state in (EntryState.APPROVED,
+                                                                   EntryState.RUNNING)),
+                "failed": sum(1 for e in pending if e.state is EntryState.FAILED),
+                "last_poll": _iso(self.last_poll),
+                "last_poll_result": self.last_poll_result,
+                "last_rescan": _iso(self.last_rescan),
+                "poll_interval": self.cfg.daemon.poll_interval,
+                "errors": list(self.errors),
+                "counts": dict(eng.counts()),
+                "conditional_writes": eng.conditional_writes,
+                "held": self.brake.describe() if self.brake.engaged else None,
+                "transfers": {
+                    "active": sorted(self.progress.active.values()),
+                    "bytes_done": self.progress.bytes_done,
+                    "bytes_total": self.progress.bytes_total,
+                },
+                "remote_requests": eng.remote.request_count(),
+                "actions": actions,
+            }
+
+    def rpc_pending(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        with self.lock:
+            return [
+                {
+                    "id": e.action.id,
+                    "kind": e.action.kind.value,
+                    "path": e.action.path,
+                    "size": e.action.size,
+                    "edited_by": e.action.edited_by or (self.engine.user if e.action.kind in (
+                        ActionKind.UPLOAD, ActionKind.DELETE_REMOTE) else ""),
+                    "time_edited": e.action.remote.time_edited if e.action.remote else None,
+                    "reason": e.action.reason,
+                    "queued_at": _iso(e.queued_at),
+                    "state": e.state.value,
+                    "error": e.error,
+                }
+                for e in self.queue.pending()
+            ]
+
+    def rpc_approve(self, params: dict[str, Any]) -> dict[str, Any]:
+        ids = [str(i) for i in params.get("ids", [])]
+        kind = params.get("kind")
+        try:
+            kind_enum = ActionKind(kind) if kind else None
+        except ValueError:
+            raise ProtocolError(f"unknown kind {kind!r}; use "
+                                f"{', '.join(k.value for k in APPROVABLE_KINDS)}") from None
+        resolution = params.get("keep")
+        with self.lock:
+            done, held = self.queue.approve(
+                ids, all_=bool(params.get("all")), kind=kind_enum, brake=self.brake,
+                resolution=Resolution(resolution) if resolution else None,
+            )
+        if done:
+            self.submit("execute", lambda: None)
+        return {"approved": done, "held": held}
+
+    def rpc_resolve(self, params: dict[str, Any]) -> dict[str, Any]:
+        keep = params.get("keep")
+        if keep not in ("local", "remote", "both"):
+            raise ProtocolError("resolve needs keep = local, remote or both")
+        action_id = str(params.get("id", ""))
+        with self.lock:
+            entry = self.queue._get([action_id])[0]
+            if entry.action.kind is not ActionKind.CONFLICT:
+                raise ProtocolError(f"{action_id} is a {entry.action.kind.value}, not a conflict")
+        return self.rpc_approve({"ids": [action_id], "keep": keep})
+
+    def rpc_reject(self, params: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            return {"rejected": self.queue.reject([str(i) for i in params.get("ids", [])])}
+
+    def rpc_sync(self, params: dict[str, Any]) -> dict[str, Any]:
+        def now() -> None:
+            self._rescan()
+            self._poll()
+
+        self.submit("sync", now).result(timeout=float(params.get("timeout", 600)))
+        with self.lock:
+            return {"pending": len(self.queue.pending())}
+
+    def rpc_pause(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.paused = True
+        log.info("paused")
+        return {"state": "paused"}
+
+    def rpc_resume(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.paused = False
+        log.info("resumed")
+        self.submit("resume", self._poll)
+        return {"state": "running"}
+
+    def rpc_log(self, params: dict[str, Any]) -> dict[str, Any]:
+        n = int(params.get("n", 50))
+        return {"lines": list(self.memlog.lines)[-n:] if n > 0 else []}
+
+    def rpc_reset(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not params.get("yes"):
+            raise ProtocolError("reset needs yes=true")
+        self.paused = True
+
+        def do() -> list[str]:
+            return reset(self.cfg, purge_deleted=bool(params.get("purge_deleted")),
+                         remote=self.engine.remote)
+
+        removed = self.submit("reset", do).result(timeout=600)
+        with self.lock:
+            self.queue.entries.clear()
+        # Starting afresh needs a new start-up scan and manifest: stop, let the
+        # supervisor (or the user) start us again.
+        self.reset_requested = True
+        self.stopping.set()
+        return {"removed": removed, "stopping": True}
+
+
+def _setup_logging(cfg: Config, verbose: int, memlog: MemoryLog) -> None:
+    level = logging.DEBUG if verbose > 1 else getattr(logging, cfg.daemon.log_level)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(level)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(fmt)
+    root.addHandler(stderr)
+    logs = cfg.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    rotating = logging.handlers.RotatingFileHandler(
+        logs / "s3syncd.log", maxBytes=5 << 20, backupCount=5, encoding="utf-8"
+    )
+    rotating.setFormatter(fmt)
+    root.addHandler(rotating)
+    memlog.setFormatter(fmt)
+    root.addHandler(memlog)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "apscheduler", "watchdog"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def run(cfg: Config, verbose: int = 0) -> int:
+    """``s3syncd run``: serve until SIGTERM/SIGINT. Never forks."""
+    d: Daemon | None = None
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    memlog = MemoryLog()
+    _setup_logging(cfg, verbose, memlog)
+    try:
+        d = Daemon(cfg)
+        d.memlog = memlog
+        d.start()
+    except SyncError as exc:
+        log.error("%s", exc.message)
+        sys.stderr.write(f"s3syncd: {exc.message}\n")
+        if d is not None:
+            d.stop()
+        return exc.exit_code
+    except Exception:
+        log.exception("s3syncd failed to start")
+        if d is not None:
+            d.stop()
+        return EXIT_ERROR
+    from s3syncd.service import sd_notify
+
+    sd_notify("READY=1")
+    while not stop.is_set() and not d.stopping.is_set():
+        stop.wait(1.0) if sys.platform == "darwin" else stop.wait()
+    sd_notify("STOPPING=1")
+    d.stop()
+    return EXIT_OK
+
+
+__all__ = ["Daemon", "interactive", "run"]

@@ -1,0 +1,372 @@
+"""One sync pass, shared by ``smart_sync`` and the daemon: scan -> plan -> execute -> commit.
+
+The engine holds the current picture (base, local table, last manifest, last listing)
+and is safe to call from several threads: every mutation happens under ``self.lock``;
+transfers run in a thread pool outside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from s3syncd import executor, localfs, manifest, tables
+from s3syncd.config import Config
+from s3syncd.errors import SyncError, UnsafePathError
+from s3syncd.executor import Outcome
+from s3syncd.model import (
+    Action,
+    ActionKind,
+    LocalFile,
+    Plan,
+    RemoteObject,
+    RemoteView,
+    Resolution,
+    Row,
+    is_legacy_excluded,
+    validate_rel_path,
+)
+from s3syncd.reconcile import reconcile
+from s3syncd.remote.base import ProgressCallback, Remote
+from s3syncd.state import RowChange, StateDir
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class PassReport:
+    """What one execute() did, for the CLI, the logs and ``status``."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    commit_error: str | None = None
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def done(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.ok]
+
+
+class Engine:
+    def __init__(
+        self,
+        cfg: Config,
+        remote: Remote,
+        user: str,
+        *,
+        workers: int | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.remote = remote
+        self.user = user
+        self.workers = workers or cfg.daemon.workers
+        self.clock = clock
+        self.state = StateDir(cfg.datafolder)
+        self.lock = threading.RLock()
+        self.base: dict[str, str] = {}
+        self.index: dict[str, LocalFile] = {}
+        self.skipped: dict[str, str] = {}
+        self.manifest: manifest.Manifest | None = None
+        self.objects: dict[str, RemoteObject] | None = None
+        self.conditional_writes = True
+        self.ignore = tables.read_ignores(self.state.ignores)
+
+    # --- start-up -----------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Create .S3/, drop partial downloads, load state, initialise the remote if empty,
+        and commit any manifest changes a crash left in the journal."""
+        self.state.ensure()
+        self.state.clean_tmp()
+        with self.lock:
+            self.base = self.state.load_base()
+            self.index = self.state.load_index()
+            self.ignore = tables.read_ignores(self.state.ignores)
+        self.remote.check()
+        self.conditional_writes = self.remote.supports_conditional_writes()
+        if not self.conditional_writes:
+            log.warning("%s does not enforce conditional writes; verifying by read-back",
+                        self.remote.describe())
+        if manifest.ensure_initialised(self.remote):
+            log.info("initialised an empty manifest at %s", self.remote.describe())
+        if not self.base and self.state.versions_local.exists():
+            self._adopt_legacy_base()
+        pending = self.state.load_journal()
+        if pending:
+            log.info("committing %d manifest change(s) left by an interrupted run", len(pending))
+            self._commit(pending)
+
+    def _adopt_legacy_base(self) -> None:
+        # The original's versionsLocal.csv is a snapshot taken when its last sync ended,
+        # i.e. the last agreed state: the best base we can have when switching over.
+        try:
+            rows = tables.read_table_file(self.state.versions_local)
+        except SyncError as exc:
+            log.warning("not using %s as a base: %s", self.state.versions_local, exc)
+            return
+        self.base = {p: r.checksum for p, r in rows.items() if _safe(p)}
+        log.info("took %d base entries from the original's versionsLocal.csv", len(self.base))
+
+    # --- local side ---------------------------------------------------------------------
+    def _ignored(self, rel: str) -> bool:
+        return self.ignore.matches(rel)
+
+    def scan_local(self) -> localfs.ScanResult:
+        with self.lock:
+            index = dict(self.index)
+        result = localfs.scan(self.cfg.datafolder, index, self._ignored)
+        with self.lock:
+            self.index = result.files
+            self.skipped = result.skipped
+            self._save_local_tables()
+        log.info("scanned %d local files (%d hashed, %d skipped)", len(result.files),
+                 result.hashed, len(result.skipped))
+        return result
+
+    def update_local(self, paths: Iterable[str]) -> bool:
+        """Re-examine the given paths (from the watcher); True if the local table changed."""
+        with self.lock:
+            before = dict(self.index)
+        after, skipped = localfs.rescan_paths(self.cfg.datafolder, paths, before, self._ignored)
+        with self.lock:
+            changed = after != self.index
+            self.index = after
+            self.skipped.update(skipped)
+            if changed:
+                self._save_local_tables()
+        return changed
+
+    def _save_local_tables(self) -> None:
+        self.state.save_index(self.index)
+        rows = [Row(f.path, self.user, localfs.time_edited(f.mtime_ns / 1e9), f.md5)
+                for f in self.index.values()]
+        tables.write_table_file(self.state.versions_local, rows)
+        known = self.manifest.rows if self.manifest else {}
+        gone = [known.get(p) or Row(p, self.user, localfs.time_edited(0), md5)
+                for p, md5 in self.base.items() if p not in self.index]
+        tables.write_table_file(self.state.deleted_local, gone)
+
+    # --- remote side --------------------------------------------------------------------
+    def refresh_remote(self, listing: bool = True, force: bool = False) -> bool:
+        """Conditional GET of the manifest; True if it changed (then re-list the objects).
+
+        A listing is only trusted when at least as fresh as the manifest, so whenever the
+        manifest changes we list again (or forget the old listing).
+        """
+        with self.lock:
+            etag = None if force or self.manifest is None else self.manifest.etag
+        fresh = manifest.read_manifest(self.remote, etag)
+        if fresh is None:
+            if listing and (force or self.objects is None):
+                self._relist()
+            return False
+        with self.lock:
+            self.manifest = fresh
+            self.objects = None
+            self.state.save_remote_meta({"manifest_etag": fresh.etag})
+        from s3syncd.atomicfile import write_atomic
+
+        write_atomic(self.state.versions, fresh.raw_rows)
+        write_atomic(self.state.deleted_remote, fresh.raw_tombstones)
+        if listing:
+            self._relist()
+        return True
+
+    def _relist(self) -> None:
+        objects = self.remote.list()
+        with self.lock:
+            rows = self.manifest.rows if self.manifest else {}
+        result: dict[str, RemoteObject] = {}
+        for key, obj in objects.items():
+            if not _safe(key):
+                log.warning("ignoring remote object with an unsafe name: %r", key)
+                continue
+            if obj.md5 is None and key not in rows:
+                # Orphan with a multipart ETag: our uploads record the MD5 as metadata.
+                stat = self.remote.stat(key)
+                if stat is not None:
+                    obj = stat
+            result[key] = obj
+        with self.lock:
+            self.objects = result
+
+    # --- planning -----------------------------------------------------------------------
+    def plan(self) -> Plan:
+        with self.lock:
+            if self.manifest is None:
+                raise SyncError("the remote manifest has not been read yet")
+            keep = self._keep
+            view = RemoteView(
+                rows={p: r for p, r in self.manifest.rows.items() if keep(p)},
+                tombstones={p: r for p, r in self.manifest.tombstones.items() if keep(p)},
+                objects=None if self.objects is None
+                else {p: o for p, o in self.objects.items() if keep(p)},
+                etag=self.manifest.etag,
+            )
+            base = {p: m for p, m in self.base.items() if keep(p)}
+            local = dict(self.index)
+        return reconcile(base, local, view, self.user)
+
+    def _keep(self, path: str) -> bool:
+        return not is_legacy_excluded(path) and not self.ignore.matches(path)
+
+    def apply_agreement(self, plan: Plan) -> None:
+        """Record what both sides already agree on (no transfer needed)."""
+        with self.lock:
+            changed = False
+            for path, md5 in plan.agreed.items():
+                if self.base.get(path) != md5:
+                    self.base[path] = md5
+                    changed = True
+            for path in plan.forget:
+                if self.base.pop(path, None) is not None:
+                    changed = True
+            if changed:
+                self.state.save_base(self.base)
+
+    # --- execution ----------------------------------------------------------------------
+    def stale_remote(self, actions: Sequence[Action]) -> set[str]:
+        """Ids of actions whose remote facts no longer hold (one conditional GET)."""
+        self.refresh_remote(listing=False)
+        with self.lock:
+            rows = self.manifest.rows if self.manifest else {}
+            etag = self.manifest.etag if self.manifest else None
+        stale = set()
+        for a in actions:
+            if a.manifest_etag == etag or a.kind is ActionKind.RECORD:
+                continue
+            row = rows.get(a.path)
+            now_md5 = row.checksum if row else None
+            if a.remote is not None and now_md5 != a.remote_md5:
+                stale.add(a.id)
+            elif a.remote is None and row is not None:
+                stale.add(a.id)
+        return stale
+
+    def execute(
+        self,
+        approved: Sequence[tuple[Action, Resolution | None]],
+        progress: ProgressCallback | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> PassReport:
+        """Re-check, carry out, commit. The base changes only for actions that completed."""
+        report = PassReport()
+        if not approved:
+            return report
+        stale_ids = self.stale_remote([a for a, _ in approved])
+        with self.lock:
+            known = dict(self.manifest.rows) if self.manifest else {}
+        ctx = executor.Context(
+            self.state, self.remote, self.user, self._stamp, known, progress, cancel
+        )
+        todo = []
+        for action, resolution in approved:
+            if action.id in stale_ids:
+                out = Outcome(action, False, "changed on the remote since planned; re-planning",
+                              stale=True)
+                report.outcomes.append(out)
+                if on_outcome:
+                    on_outcome(out)
+            else:
+                todo.append((action, resolution))
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="s3syncd-xfer") as pool:
+            for out in pool.map(lambda ar: executor.run(ctx, ar[0], ar[1]), todo):
+                report.outcomes.append(out)
+                self._absorb_local(out)
+                if on_outcome:
+                    on_outcome(out)
+        changes = [c for o in report.done for c in o.changes]
+        try:
+            if changes:
+                self.state.save_journal(changes)
+                self._commit(changes)
+        except SyncError as exc:
+            report.commit_error = exc.message
+            log.error("manifest commit failed (kept in the journal for the next run): %s", exc)
+            return report
+        self._absorb_base([o for o in report.done])
+        return report
+
+    def _absorb_local(self, out: Outcome) -> None:
+        if not out.local:
+            return
+        with self.lock:
+            for path, lf in out.local.items():
+                if lf is None:
+                    self.index.pop(path, None)
+                else:
+                    self.index[path] = lf
+            self.state.save_index(self.index)
+
+    def _absorb_base(self, done: Sequence[Outcome]) -> None:
+        with self.lock:
+            for out in done:
+                for path, md5 in out.base.items():
+                    if md5 is None:
+                        self.base.pop(path, None)
+                    else:
+                        self.base[path] = md5
+            self.state.save_base(self.base)
+            self._save_local_tables()
+
+    def _commit(self, changes: list[RowChange]) -> None:
+        written, tombs = manifest.commit(self.remote, changes, verify=not self.conditional_writes)
+        self.state.save_journal([])
+        if written is None:
+            return
+        from s3syncd.atomicfile import write_atomic
+
+        rows = tables.parse_table(written.data, "versions.csv")
+        with self.lock:
+            old = self.manifest
+            tomb_rows = old.tombstones if old else {}
+            raw_tombs = old.raw_tombstones if old else tables.render_rows([])
+            if tombs is not None:
+                tomb_rows = tables.parse_table(tombs.data, "deletedS3.csv")
+                raw_tombs = tombs.data
+            self.manifest = manifest.Manifest(
+                rows={p: r for p, r in rows.items() if _safe(p)},
+                tombstones=tomb_rows,
+                etag=written.etag,
+                raw_rows=written.data,
+                raw_tombstones=raw_tombs,
+            )
+            if self.objects is not None:
+                for c in changes:
+                    if c.row is None:
+                        self.objects.pop(c.path, None)
+                    elif c.path not in self.objects:
+                        self.objects[c.path] = RemoteObject(c.path, -1, "", c.row.checksum)
+            self.state.save_remote_meta({"manifest_etag": written.etag})
+        write_atomic(self.state.versions, written.data)
+        write_atomic(self.state.deleted_remote, raw_tombs)
+
+    def _stamp(self) -> str:
+        return time.strftime("%Y%m%d-%H%M%S", time.localtime(self.clock()))
+
+    # --- summary ------------------------------------------------------------------------
+    def counts(self) -> Mapping[str, int]:
+        with self.lock:
+            return {
+                "local_files": len(self.index),
+                "remote_files": len(self.manifest.rows) if self.manifest else 0,
+                "base_files": len(self.base),
+                "skipped": len(self.skipped),
+            }
+
+
+def _safe(path: str) -> bool:
+    try:
+        validate_rel_path(path)
+    except UnsafePathError:
+        return False
+    return True

@@ -1,0 +1,238 @@
+"""Carrying out approved actions, one file each, safely enough to be killed at any point.
+
+- Downloads go to ``.S3/tmp``, are checked against the manifest's MD5, then renamed over
+  the target only if the local file is still as planned.
+- A remote delete first copies the object into ``.S3/deleted/<path>`` (never over an
+  earlier copy); a local delete moves the file into ``.S3/trash/``.
+- An upload whose source changes while it is sent is not recorded.
+- A conflict keeps both sides unless the user chose one; even then the losing side goes to
+  the (remote or local) trash.
+
+Each function returns an Outcome; the engine commits manifest rows and updates the base
+only from outcomes that succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from s3syncd import localfs
+from s3syncd.errors import (
+    ChecksumMismatchError,
+    PreconditionFailedError,
+    StaleActionError,
+    SyncError,
+    TransferError,
+)
+from s3syncd.model import Action, ActionKind, LocalFile, Resolution, Row
+from s3syncd.reconcile import UNKNOWN_MD5
+from s3syncd.remote.base import TRASH_PREFIX, ProgressCallback, Remote
+from s3syncd.state import RowChange, StateDir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    action: Action
+    ok: bool
+    message: str
+    changes: tuple[RowChange, ...] = ()
+    base: Mapping[str, str | None] = field(default_factory=dict)  # md5, or None to forget
+    local: Mapping[str, LocalFile | None] = field(default_factory=dict)  # our own writes
+    stale: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    state: StateDir
+    remote: Remote
+    user: str
+    stamp: Callable[[], str]  # "YYYYmmdd-HHMMSS" in local time, for trash and conflict names
+    known_rows: Mapping[str, Row]  # the last manifest we read, to restore lost rows verbatim
+    progress: ProgressCallback | None = None
+    # Set on shutdown: actions not yet started are abandoned (they stay approved).
+    cancel: threading.Event | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.state.datafolder
+
+
+def run(ctx: Context, action: Action, resolution: Resolution | None = None) -> Outcome:
+    """Carry out one action; errors become a failed Outcome, never an exception."""
+    if ctx.cancel is not None and ctx.cancel.is_set():
+        return Outcome(action, False, "not started: shutting down", stale=True)
+    try:
+        if action.kind is ActionKind.UPLOAD:
+            out = _upload(ctx, action)
+        elif action.kind is ActionKind.DOWNLOAD:
+            out = _download(ctx, action)
+        elif action.kind is ActionKind.DELETE_REMOTE:
+            out = _delete_remote(ctx, action)
+        elif action.kind is ActionKind.DELETE_LOCAL:
+            out = _delete_local(ctx, action)
+        elif action.kind is ActionKind.CONFLICT:
+            out = _conflict(ctx, action, resolution or Resolution.BOTH)
+        else:
+            out = _record(ctx, action)
+    except StaleActionError as exc:
+        log.info("action %s %s %s: stale: %s", action.id, action.kind.value, action.path, exc)
+        return Outcome(action, False, exc.message, stale=True)
+    except SyncError as exc:
+        log.error("action %s %s %s failed: %s", action.id, action.kind.value, action.path, exc)
+        return Outcome(action, False, exc.message)
+    except OSError as exc:
+        log.error("action %s %s %s failed: %s", action.id, action.kind.value, action.path, exc)
+        return Outcome(action, False, f"{action.path}: {exc.strerror or exc}")
+    log.info("action %s %s %s: %s", action.id, action.kind.value, action.path, out.message)
+    return out
+
+
+def _row_for(ctx: Context, lf: LocalFile) -> Row:
+    return Row(lf.path, ctx.user, localfs.time_edited(lf.mtime_ns / 1e9), lf.md5)
+
+
+def _send(ctx: Context, lf: LocalFile) -> tuple[RowChange, LocalFile]:
+    localfs.check_unchanged(ctx.root, lf.path, lf)
+    ctx.remote.upload(ctx.root / lf.path, lf.path, lf.md5, ctx.progress)
+    try:
+        localfs.check_unchanged(ctx.root, lf.path, lf)
+    except StaleActionError:
+        raise StaleActionError(f"{lf.path} changed while uploading; not recorded") from None
+    return RowChange(lf.path, _row_for(ctx, lf)), lf
+
+
+def _upload(ctx: Context, action: Action) -> Outcome:
+    assert action.local is not None
+    change, lf = _send(ctx, action.local)
+    return Outcome(action, True, "uploaded", (change,), {lf.path: lf.md5})
+
+
+def _fetch(ctx: Context, action: Action, expected_local: LocalFile | None) -> LocalFile:
+    """Download the remote version of ``action.path`` over the local one, verified."""
+    tmp = ctx.state.tmp / f"{uuid.uuid4().hex}.part"
+    ctx.state.tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        ctx.remote.download(action.path, tmp, ctx.progress)
+        digest = localfs.md5_file(tmp)
+        want = action.remote_md5
+        if want not in (None, UNKNOWN_MD5) and digest != want:
+            raise ChecksumMismatchError(
+                f"{action.path}: downloaded MD5 {digest} does not match the manifest's {want}"
+            )
+        mtime = localfs.parse_time_edited(action.remote.time_edited) if action.remote else None
+        installed = localfs.install(ctx.root, action.path, tmp, expected_local, mtime)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return LocalFile(action.path, installed.size, installed.mtime_ns, digest)
+
+
+def _download(ctx: Context, action: Action) -> Outcome:
+    lf = _fetch(ctx, action, action.local)
+    changes: tuple[RowChange, ...] = ()
+    if action.remote is None:
+        # An object nobody catalogued: adopt it so old clients see it too.
+        changes = (RowChange(lf.path, Row(lf.path, "unknown", localfs.time_edited(lf.mtime_ns / 1e9), lf.md5)),)
+    return Outcome(action, True, "downloaded", changes, {lf.path: lf.md5}, {lf.path: lf})
+
+
+def trash_key(ctx: Context, path: str) -> str:
+    """Copy the object into ``.S3/deleted/<path>``, or a dated name beside an older copy."""
+    candidates = [path]
+    head, _, name = path.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if not stem:
+        stem, dot, ext = name, "", ""
+    stamp = ctx.stamp()
+    for n in range(1, 50):
+        suffix = "" if n == 1 else f"-{n}"
+        alt = f"{stem}.deleted-{stamp}{suffix}{dot}{ext}"
+        candidates.append(f"{head}/{alt}" if head else alt)
+    for rel in candidates:
+        key = TRASH_PREFIX + rel
+        try:
+            ctx.remote.copy(path, key)
+        except PreconditionFailedError:
+            continue
+        return key
+    raise TransferError(f"{path}: could not find a free name under {TRASH_PREFIX}")
+
+
+def _remove_remote(ctx: Context, action: Action) -> RowChange:
+    key = trash_key(ctx, action.path)
+    ctx.remote.delete(action.path)
+    tomb = action.remote or Row(action.path, ctx.user, localfs.time_edited(0), action.base_md5 or "")
+    log.info("%s: remote copy kept at %s", action.path, key)
+    return RowChange(action.path, None, tomb if tomb.checksum else None)
+
+
+def _delete_remote(ctx: Context, action: Action) -> Outcome:
+    localfs.check_unchanged(ctx.root, action.path, None)
+    change = _remove_remote(ctx, action)
+    return Outcome(action, True, "deleted on remote (copy kept in .S3/deleted/)", (change,),
+                   {action.path: None})
+
+
+def _delete_local(ctx: Context, action: Action) -> Outcome:
+    localfs.check_unchanged(ctx.root, action.path, action.local)
+    dest = localfs.move_to_trash(ctx.root, action.path, ctx.state.trash, ctx.stamp())
+    return Outcome(action, True, f"moved to {dest.relative_to(ctx.root)}", (),
+                   {action.path: None}, {action.path: None})
+
+
+def _conflict(ctx: Context, action: Action, resolution: Resolution) -> Outcome:
+    lf, path = action.local, action.path
+    has_remote = action.remote_md5 is not None
+    if resolution is Resolution.LOCAL or (resolution is Resolution.BOTH and not has_remote):
+        if lf is None:
+            change = _remove_remote(ctx, action)
+            return Outcome(action, True, "kept local (deleted on remote, copy kept)", (change,),
+                           {path: None})
+        if has_remote:
+            trash_key(ctx, path)  # the colleague's version stays recoverable
+        change, sent = _send(ctx, lf)
+        return Outcome(action, True, "kept local (uploaded)", (change,), {path: sent.md5})
+    if resolution is Resolution.REMOTE:
+        local_updates: dict[str, LocalFile | None] = {}
+        if lf is not None:
+            localfs.check_unchanged(ctx.root, path, lf)
+            localfs.move_to_trash(ctx.root, path, ctx.state.trash, ctx.stamp())
+            local_updates[path] = None
+        if not has_remote:
+            return Outcome(action, True, "kept remote (local moved to trash)", (), {path: None},
+                           local_updates)
+        got = _fetch(ctx, action, None)
+        return Outcome(action, True, "kept remote (downloaded)", (), {path: got.md5}, {path: got})
+    # BOTH, with a remote version: the local one steps aside under a conflict name.
+    updates: dict[str, LocalFile | None] = {}
+    message = "kept both"
+    if lf is not None:
+        localfs.check_unchanged(ctx.root, path, lf)
+        aside = localfs.rename_aside(
+            ctx.root, path, localfs.conflict_name(path, ctx.user, ctx.stamp())
+        )
+        updates[path] = None
+        message = f"kept both: local copy renamed to {aside}"
+    got = _fetch(ctx, action, None)
+    updates[path] = got
+    return Outcome(action, True, message, (), {path: got.md5}, updates)
+
+
+def _record(ctx: Context, action: Action) -> Outcome:
+    path = action.path
+    if action.local is None:
+        # Row whose object is gone and which we do not have: drop it, keep a tombstone.
+        return Outcome(action, True, "dropped row of a vanished object",
+                       (RowChange(path, None, action.remote),), {path: None})
+    lf = action.local
+    known = ctx.known_rows.get(path)
+    row = known if known and known.checksum == lf.md5 else _row_for(ctx, lf)
+    return Outcome(action, True, "restored manifest row", (RowChange(path, row),), {path: lf.md5})
+

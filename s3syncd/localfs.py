@@ -1,0 +1,250 @@
+"""The local side: scanning and hashing the data folder, and applying changes to it.
+
+Scanning takes ``lstat``/``scandir`` as parameters so tests can hand in others. Every
+change to a user file is a rename within the data folder's filesystem, so an interrupted
+sync leaves each file either old or new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from s3syncd.errors import StaleActionError, TransferError
+from s3syncd.model import STATE_DIR, TIME_FORMAT, LocalFile, is_legacy_excluded
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+
+IgnoreFn = Callable[[str], bool]
+StatFn = Callable[[str], os.stat_result]
+
+
+def md5_file(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def time_edited(mtime: float) -> str:
+    """The legacy ``Time Edited``: the mtime in this machine's local time, to the second."""
+    return time.strftime(TIME_FORMAT, time.localtime(mtime))
+
+
+def parse_time_edited(text: str) -> float | None:
+    try:
+        return time.mktime(time.strptime(text, TIME_FORMAT))
+    except (ValueError, OverflowError):
+        return None
+
+
+@dataclass(slots=True)
+class ScanResult:
+    files: dict[str, LocalFile]
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> why
+    hashed: int = 0
+
+
+def _walk(root: Path, rel: str, scandir: Callable[[str], Iterator[os.DirEntry[str]]]) -> Iterator[
+    tuple[str, os.DirEntry[str]]
+]:
+    try:
+        entries = list(scandir(str(root / rel) if rel else str(root)))
+    except OSError as exc:
+        log.warning("cannot list %s: %s", root / rel, exc.strerror)
+        return
+    for entry in entries:
+        child = f"{rel}/{entry.name}" if rel else entry.name
+        if not rel and entry.name == STATE_DIR:
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _walk(root, child, scandir)
+            else:
+                yield child, entry
+        except OSError:
+            continue
+
+
+def examine(
+    root: Path,
+    rel: str,
+    index: Mapping[str, LocalFile],
+    ignored: IgnoreFn,
+    lstat: StatFn = os.lstat,
+) -> tuple[LocalFile | None, str | None]:
+    """Stat (and hash if needed) one path: (file, None), or (None, why skipped / None if absent)."""
+    if is_legacy_excluded(rel):
+        return None, "name contains '.S3', which the original package cannot sync"
+    if ignored(rel):
+        return None, "ignored"
+    full = root / rel
+    try:
+        st = lstat(str(full))
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"cannot stat: {exc.strerror}"
+    if stat.S_ISLNK(st.st_mode):
+        return None, "symbolic link (not synced)"
+    if not stat.S_ISREG(st.st_mode):
+        return None, None
+    cached = index.get(rel)
+    if cached and cached.size == st.st_size and cached.mtime_ns == st.st_mtime_ns:
+        return cached, None
+    try:
+        digest = md5_file(full)
+        after = lstat(str(full))
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"cannot read: {exc.strerror}"
+    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        return None, "changing while being read; will retry"
+    return LocalFile(rel, st.st_size, st.st_mtime_ns, digest), None
+
+
+def scan(
+    root: Path,
+    index: Mapping[str, LocalFile],
+    ignored: IgnoreFn,
+    lstat: StatFn = os.lstat,
+    scandir: Callable[[str], Iterator[os.DirEntry[str]]] = os.scandir,
+) -> ScanResult:
+    """Every regular file under ``root`` except ``.S3/``, reusing cached MD5s."""
+    result = ScanResult(files={})
+    for rel, _entry in _walk(root, "", scandir):
+        found, why = examine(root, rel, index, ignored, lstat)
+        if found is not None:
+            if index.get(rel) is not found:
+                result.hashed += 1
+            result.files[rel] = found
+        elif why and why != "ignored":
+            result.skipped[rel] = why
+    return result
+
+
+def rescan_paths(
+    root: Path,
+    paths: Iterable[str],
+    files: Mapping[str, LocalFile],
+    ignored: IgnoreFn,
+) -> tuple[dict[str, LocalFile], dict[str, str]]:
+    """Re-examine ``paths`` (files or folders, relative) and return the updated table."""
+    out = dict(files)
+    skipped: dict[str, str] = {}
+    for rel in paths:
+        if rel == STATE_DIR or rel.startswith(STATE_DIR + "/"):
+            continue
+        full = root / rel
+        if full.is_dir() and not full.is_symlink():
+            under = {p for p in out if p.startswith(rel + "/")}
+            prefix = rel + "/"
+
+            def ignored_below(p: str, prefix: str = prefix) -> bool:
+                return ignored(prefix + p)
+
+            sub = scan(full, {p[len(prefix):]: f for p, f in files.items() if p in under},
+                       ignored_below)
+            for p in under:
+                out.pop(p, None)
+            for p, f in sub.files.items():
+                out[f"{rel}/{p}"] = LocalFile(f"{rel}/{p}", f.size, f.mtime_ns, f.md5)
+            skipped.update({f"{rel}/{p}": why for p, why in sub.skipped.items()})
+            continue
+        found, why = examine(root, rel, out, ignored)
+        if found is None:
+            out.pop(rel, None)
+            # A vanished folder: drop everything below it.
+            for p in [p for p in out if p.startswith(rel + "/")]:
+                if not (root / p).exists():
+                    out.pop(p)
+            if why and why != "ignored":
+                skipped[rel] = why
+        else:
+            out[rel] = found
+    return out, skipped
+
+
+def check_unchanged(root: Path, rel: str, expected: LocalFile | None) -> None:
+    """Raise StaleActionError unless the local file is still as planned."""
+    full = root / rel
+    try:
+        st = os.lstat(full)
+    except FileNotFoundError:
+        if expected is None:
+            return
+        raise StaleActionError(f"{rel} was deleted locally since the action was planned") from None
+    if expected is None:
+        raise StaleActionError(f"{rel} was created locally since the action was planned")
+    if (st.st_size, st.st_mtime_ns) != (expected.size, expected.mtime_ns):
+        raise StaleActionError(f"{rel} changed locally since the action was planned")
+
+
+def install(root: Path, rel: str, tmp_file: Path, expected: LocalFile | None,
+            mtime: float | None) -> LocalFile:
+    """Rename a verified download over ``rel`` if the local file is still as planned."""
+    target = root / rel
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if mtime is not None:
+            os.utime(tmp_file, (mtime, mtime))
+        check_unchanged(root, rel, expected)
+        os.replace(tmp_file, target)
+        st = os.lstat(target)
+    except OSError as exc:
+        raise TransferError(f"cannot write {rel}: {exc.strerror}") from exc
+    return LocalFile(rel, st.st_size, st.st_mtime_ns, "")
+
+
+def unique_path(path: Path) -> Path:
+    """``path`` if free, else ``name-2.ext``, ``name-3.ext``, ... (never overwrite)."""
+    if not path.exists():
+        return path
+    n = 2
+    while True:
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+        n += 1
+
+
+def move_to_trash(root: Path, rel: str, trash: Path, stamp: str) -> Path:
+    """Move a local file into ``.S3/trash/<stamp>/<rel>`` (same filesystem: a rename)."""
+    dest = unique_path(trash / stamp / rel)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(root / rel, dest)
+    except OSError as exc:
+        raise TransferError(f"cannot move {rel} to the trash: {exc.strerror}") from exc
+    return dest
+
+
+def conflict_name(rel: str, user: str, stamp: str) -> str:
+    """``dir/name.conflict-<user>-<YYYYmmdd-HHMMSS>.ext``."""
+    head, _, base = rel.rpartition("/")
+    stem, dot, ext = base.rpartition(".")
+    if not stem:  # no extension, or a dotfile like ".env"
+        stem, dot, ext = base, "", ""
+    safe_user = "".join(c if c.isalnum() or c in "-_" else "_" for c in user) or "user"
+    name = f"{stem}.conflict-{safe_user}-{stamp}{dot}{ext}"
+    return f"{head}/{name}" if head else name
+
+
+def rename_aside(root: Path, rel: str, new_rel: str) -> str:
+    """Rename ``rel`` to a free name near ``new_rel``; returns the relative name used."""
+    dest = unique_path(root / new_rel)
+    try:
+        os.replace(root / rel, dest)
+    except OSError as exc:
+        raise TransferError(f"cannot rename {rel}: {exc.strerror}") from exc
+    return dest.relative_to(root).as_posix()

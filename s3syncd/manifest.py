@@ -1,0 +1,172 @@
+"""The shared manifest on the remote: ``.S3/versions.csv`` and ``.S3/deletedS3.csv``.
+
+Reads are conditional (``If-None-Match``), so an idle poll costs one request that the
+server answers with 304. Writes are compare-and-swap: we re-read, re-apply only our own
+row changes, and ``PutObject`` with ``If-Match``; a 412 means someone else committed
+first, so we retry on their version. Old clients keep writing blindly; their rows are
+never dropped by us, and ours they drop are restored by reconcile.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from s3syncd import tables
+from s3syncd.errors import PreconditionFailedError, RemoteError
+from s3syncd.model import Row
+from s3syncd.remote.base import MANIFEST_KEY, NOT_MODIFIED, TOMBSTONES_KEY, Blob, NotModified, Remote
+from s3syncd.state import RowChange
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """The remote tables as last read, with the raw bytes kept for the local copies."""
+
+    rows: dict[str, Row]
+    tombstones: dict[str, Row]
+    etag: str | None
+    raw_rows: bytes
+    raw_tombstones: bytes
+    unsafe: tuple[tuple[Row, str], ...] = ()
+
+
+def _parse(blob: Blob | None, source: str) -> tuple[dict[str, Row], list[tuple[Row, str]]]:
+    if blob is None:
+        return {}, []
+    safe, unsafe = tables.split_unsafe(tables.parse_rows(blob.data, source))
+    return {r.path: r for r in safe}, unsafe
+
+
+def read_manifest(remote: Remote, known_etag: str | None = None) -> Manifest | None:
+    """Fetch both tables; None when ``known_etag`` still holds (nothing changed).
+
+    Unsafe rows (absolute paths, '..', inside .S3/) are left out and reported; they stay
+    in the remote file untouched because commits only change our own rows.
+    """
+    blob = remote.read_blob(MANIFEST_KEY, if_none_match=known_etag)
+    if blob is NOT_MODIFIED:
+        return None
+    assert not isinstance(blob, NotModified)
+    tomb_blob = remote.read_blob(TOMBSTONES_KEY)
+    assert not isinstance(tomb_blob, NotModified)
+    rows, unsafe = _parse(blob, "remote .S3/versions.csv")
+    tombstones, unsafe_t = _parse(tomb_blob, "remote .S3/deletedS3.csv")
+    for row, why in unsafe + unsafe_t:
+        log.error("refusing manifest row %r: %s", row.path, why)
+    return Manifest(
+        rows=rows,
+        tombstones=tombstones,
+        etag=blob.etag if blob else None,
+        raw_rows=blob.data if blob else tables.render_rows([]),
+        raw_tombstones=tomb_blob.data if tomb_blob else tables.render_rows([]),
+        unsafe=tuple(unsafe + unsafe_t),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What a commit left on the remote: the new ETag and the bytes we wrote."""
+
+    etag: str
+    data: bytes
+
+
+def _renderable(rows: list[Row], key: str) -> list[Row]:
+    """Rows we can write back. A hand-edited row with an unusable checksum or time cannot
+    be written without an empty or invalid cell; it is dropped with an error (its object,
+    if any, is adopted again from the listing)."""
+    safe, unsafe = tables.split_unsafe(
+        [Row(r.path, r.edited_by, r.time_edited, r.checksum.lower()) for r in rows]
+    )
+    kept = list(safe)
+    for row, why in unsafe:
+        try:
+            tables.render_rows([row])
+            kept.append(row)  # unsafe to act on (e.g. '..'), but writable: keep it untouched
+        except ValueError:
+            log.error("dropping unusable row %r from %s: %s", row.path, key, why)
+    return kept
+
+
+def _cas_update(
+    remote: Remote,
+    key: str,
+    update: Callable[[list[Row]], list[Row]],
+    sleep: Callable[[float], None],
+    verify: bool,
+) -> Committed:
+    """Read-modify-write ``key`` until our conditional write wins."""
+    for attempt in range(MAX_ATTEMPTS):
+        blob = remote.read_blob(key)
+        assert not isinstance(blob, NotModified)
+        rows = tables.parse_rows(blob.data, f"remote {key}") if blob else []
+        data = tables.render_rows(update(_renderable(rows, key)))
+        try:
+            etag = remote.write_blob(
+                key, data, if_match=blob.etag if blob else None, create_only=blob is None
+            )
+        except PreconditionFailedError:
+            delay = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
+            log.info("%s changed under us; retrying in %.2fs", key, delay)
+            sleep(delay)
+            continue
+        if verify:
+            # Without enforced preconditions, read back and redo if a writer raced us.
+            check = remote.read_blob(key)
+            if isinstance(check, Blob) and check.data != data:
+                sleep(0.05 * (1 + random.random()))
+                continue
+        return Committed(etag, data)
+    raise RemoteError(f"could not update {key}: it kept changing ({MAX_ATTEMPTS} attempts)")
+
+
+def commit(
+    remote: Remote,
+    changes: Sequence[RowChange],
+    sleep: Callable[[float], None] = time.sleep,
+    verify: bool = False,
+) -> tuple[Committed | None, Committed | None]:
+    """Apply our row changes to the remote tables: (manifest, tombstones) as written.
+
+    Tombstones are written first: a crash between the two writes leaves a row whose
+    object is gone, which reconcile treats as deleted, never as new.
+    """
+    if not changes:
+        return None, None
+    tombs = [c.tombstone for c in changes if c.tombstone is not None]
+    tomb_result = None
+    if tombs:
+        tomb_result = _cas_update(remote, TOMBSTONES_KEY, lambda rows: rows + tombs, sleep, verify)
+    by_path = {c.path: c for c in changes}
+
+    def apply(rows: list[Row]) -> list[Row]:
+        kept = [r for r in rows if r.path not in by_path]
+        kept += [c.row for c in by_path.values() if c.row is not None]
+        return kept
+
+    return _cas_update(remote, MANIFEST_KEY, apply, sleep, verify), tomb_result
+
+
+def ensure_initialised(remote: Remote) -> bool:
+    """Create empty tables on a prefix that has none; True if we created the manifest.
+
+    Unlike the original we do not download the whole prefix to catalogue it: objects
+    without rows are adopted by reconcile from a listing.
+    """
+    created = False
+    for key in (TOMBSTONES_KEY, MANIFEST_KEY):
+        if remote.read_blob(key) is None:
+            try:
+                remote.write_blob(key, tables.render_rows([]), create_only=True)
+                created = created or key == MANIFEST_KEY
+            except PreconditionFailedError:
+                pass  # another client created it first: fine
+    return created

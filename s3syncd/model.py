@@ -1,0 +1,158 @@
+"""Values shared by every layer. No I/O, no clock."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from s3syncd.errors import UnsafePathError
+
+STATE_DIR = ".S3"
+LEGACY_COLUMNS = ("File", "Edited By", "Time Edited", "Checksum")
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+class ActionKind(enum.Enum):
+    UPLOAD = "upload"
+    DOWNLOAD = "download"
+    DELETE_REMOTE = "delete_remote"
+    DELETE_LOCAL = "delete_local"
+    CONFLICT = "conflict"
+    # Manifest bookkeeping only (restore a row lost to a blind write, drop a row whose
+    # object and local file are both gone). Touches no user file, so never waits.
+    RECORD = "record"
+
+
+APPROVABLE_KINDS = tuple(k for k in ActionKind if k is not ActionKind.RECORD)
+DELETE_KINDS = (ActionKind.DELETE_REMOTE, ActionKind.DELETE_LOCAL)
+
+
+class Resolution(enum.Enum):
+    LOCAL = "local"
+    REMOTE = "remote"
+    BOTH = "both"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One row of a legacy CSV table: File, Edited By, Time Edited, Checksum."""
+
+    path: str
+    edited_by: str
+    time_edited: str
+    checksum: str
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    path: str
+    size: int
+    mtime_ns: int
+    md5: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteObject:
+    """An object seen in a remote listing. ``md5`` is None when the ETag is not an MD5."""
+
+    key: str
+    size: int
+    etag: str
+    md5: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteView:
+    """What is known of the remote for one reconcile.
+
+    ``objects`` is the listing of data objects, or None when no listing was made this
+    time (then an object's absence is not evidence of a delete).
+    """
+
+    rows: Mapping[str, Row]
+    tombstones: Mapping[str, Row] = field(default_factory=dict)
+    objects: Mapping[str, RemoteObject] | None = None
+    etag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One proposed change, with the facts it was planned from.
+
+    The executor re-checks ``local`` and ``remote_md5`` before acting, so an approval
+    given on stale facts leads to a re-plan instead of a wrong transfer.
+    """
+
+    kind: ActionKind
+    path: str
+    reason: str
+    local: LocalFile | None
+    remote: Row | None
+    remote_md5: str | None
+    base_md5: str | None
+    manifest_etag: str | None = None
+    remote_size: int | None = None
+
+    @property
+    def id(self) -> str:
+        """Stable for the same change, so a re-plan keeps ids and rejections stick."""
+        local_md5 = self.local.md5 if self.local else "-"
+        raw = f"{self.kind.value}\0{self.path}\0{local_md5}\0{self.remote_md5 or '-'}"
+        return hashlib.sha1(raw.encode()).hexdigest()[:10]
+
+    @property
+    def size(self) -> int | None:
+        """Bytes that would move (the local file's for uploads, the remote's otherwise)."""
+        if self.kind in (ActionKind.UPLOAD, ActionKind.DELETE_LOCAL) and self.local:
+            return self.local.size
+        if self.remote_size is not None:
+            return self.remote_size
+        return self.local.size if self.local else None
+
+    @property
+    def edited_by(self) -> str:
+        return self.remote.edited_by if self.remote else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The result of a reconcile.
+
+    ``agreed`` are paths whose two sides already hold the same content (the base becomes
+    that MD5); ``forget`` are paths gone on both sides (dropped from the base).
+    """
+
+    actions: tuple[Action, ...]
+    agreed: Mapping[str, str]
+    forget: frozenset[str]
+
+    def by_kind(self, kind: ActionKind) -> list[Action]:
+        return [a for a in self.actions if a.kind is kind]
+
+
+def validate_rel_path(path: str) -> str:
+    """Return ``path`` if it is a safe relative path with '/' separators, else raise.
+
+    Refuses absolute paths, drive letters, backslashes, '..' and '.' segments, empty
+    segments, control characters, and anything inside the state folder.
+    """
+    if not path or path != path.strip("\n\r"):
+        raise UnsafePathError(f"unsafe path {path!r}: empty or has line breaks")
+    if any(ord(c) < 32 for c in path) or "\\" in path:
+        raise UnsafePathError(f"unsafe path {path!r}: control characters or backslash")
+    if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
+        raise UnsafePathError(f"unsafe path {path!r}: absolute")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsafePathError(f"unsafe path {path!r}: empty, '.' or '..' segment")
+    if parts[0] == STATE_DIR or posixpath.normpath(path) != path:
+        raise UnsafePathError(f"unsafe path {path!r}: inside {STATE_DIR}/ or not normal")
+    return path
+
+
+def is_legacy_excluded(path: str) -> bool:
+    """The original skips every path containing '.S3'; such files cannot be shared with it."""
+    return STATE_DIR in path

@@ -1,0 +1,170 @@
+"""The files s3syncd keeps inside ``<datafolder>/.S3/``.
+
+Legacy files (shared with the original package): ``versions.csv``, ``versionsLocal.csv``,
+``deletedS3.csv``, ``deletedLocal.csv``, ``ignores3.txt``, ``user_name.txt``, ``aws.txt``,
+``tmp/``, ``logs/``.
+
+Files of our own (all JSON, written atomically, versioned with a ``"v"`` field):
+
+- ``sync-base.json``: the last version both sides agreed on, path -> MD5.
+- ``sync-index.json``: the local hash cache, path -> [size, mtime_ns, md5], so a file is
+  rehashed only when its size or mtime changed.
+- ``sync-remote.json``: the ETag of the manifest we last read (for conditional GETs).
+- ``sync-journal.json``: completed transfers whose manifest rows are not committed yet;
+  replayed at the next start so a crash between transfer and commit loses nothing.
+- ``sync-queue.json``: the approval queue and rejected actions (daemon).
+- ``trash/``: local files removed by a sync, kept until the user deletes them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from s3syncd.atomicfile import write_atomic
+from s3syncd.errors import StateError
+from s3syncd.model import STATE_DIR, LocalFile, Row
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """One manifest change: ``row`` to upsert, or a removal with its tombstone row."""
+
+    path: str
+    row: Row | None
+    tombstone: Row | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "row": _row_json(self.row),
+            "tombstone": _row_json(self.tombstone),
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> RowChange:
+        return RowChange(str(data["path"]), _row_from(data.get("row")), _row_from(data.get("tombstone")))
+
+
+def _row_json(row: Row | None) -> list[str] | None:
+    return None if row is None else [row.path, row.edited_by, row.time_edited, row.checksum]
+
+
+def _row_from(data: Any) -> Row | None:
+    return None if data is None else Row(*(str(v) for v in data))
+
+
+class StateDir:
+    """Paths and JSON state inside ``.S3/``. Not thread-safe: the engine serialises writes."""
+
+    def __init__(self, datafolder: Path) -> None:
+        self.datafolder = datafolder
+        self.root = datafolder / STATE_DIR
+
+    # legacy files
+    @property
+    def versions(self) -> Path:
+        return self.root / "versions.csv"
+
+    @property
+    def versions_local(self) -> Path:
+        return self.root / "versionsLocal.csv"
+
+    @property
+    def deleted_remote(self) -> Path:
+        return self.root / "deletedS3.csv"
+
+    @property
+    def deleted_local(self) -> Path:
+        return self.root / "deletedLocal.csv"
+
+    @property
+    def ignores(self) -> Path:
+        return self.root / "ignores3.txt"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def trash(self) -> Path:
+        return self.root / "trash"
+
+    def file(self, name: str) -> Path:
+        return self.root / name
+
+    def ensure(self) -> None:
+        try:
+            for folder in (self.root, self.tmp, self.logs):
+                folder.mkdir(parents=True, exist_ok=True)
+            if not self.ignores.exists():
+                self.ignores.touch()
+        except OSError as exc:
+            raise StateError(f"cannot create {self.root}: {exc.strerror}") from exc
+
+    def clean_tmp(self) -> None:
+        """Partial downloads from an interrupted run are worthless: the remote still has them."""
+        if self.tmp.is_dir():
+            for child in self.tmp.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+
+    # JSON state
+    def read_json(self, name: str) -> dict[str, Any]:
+        path = self.file(name)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise StateError(f"{path} is unreadable ({exc}); move it aside to start over") from exc
+        if not isinstance(data, dict) or data.get("v") != STATE_VERSION:
+            raise StateError(f"{path} has an unknown format (expected v={STATE_VERSION})")
+        return data
+
+    def write_json(self, name: str, data: Mapping[str, Any]) -> None:
+        payload = {"v": STATE_VERSION, **data}
+        write_atomic(self.file(name), json.dumps(payload, indent=1, sort_keys=True).encode())
+
+    def load_base(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.read_json("sync-base.json").get("files", {}).items()}
+
+    def save_base(self, base: Mapping[str, str]) -> None:
+        self.write_json("sync-base.json", {"files": dict(sorted(base.items()))})
+
+    def load_index(self) -> dict[str, LocalFile]:
+        files = self.read_json("sync-index.json").get("files", {})
+        return {
+            str(p): LocalFile(str(p), int(v[0]), int(v[1]), str(v[2])) for p, v in files.items()
+        }
+
+    def save_index(self, index: Mapping[str, LocalFile]) -> None:
+        files = {p: [f.size, f.mtime_ns, f.md5] for p, f in sorted(index.items())}
+        self.write_json("sync-index.json", {"files": files})
+
+    def load_remote_meta(self) -> dict[str, Any]:
+        return self.read_json("sync-remote.json")
+
+    def save_remote_meta(self, meta: Mapping[str, Any]) -> None:
+        self.write_json("sync-remote.json", meta)
+
+    def load_journal(self) -> list[RowChange]:
+        return [RowChange.from_json(c) for c in self.read_json("sync-journal.json").get("changes", [])]
+
+    def save_journal(self, changes: list[RowChange]) -> None:
+        self.write_json("sync-journal.json", {"changes": [c.to_json() for c in changes]})
