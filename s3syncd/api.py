@@ -126,6 +126,22 @@ def run_once(
 ) -> SyncSummary:
     """One full pass: scan, read the manifest and a listing, plan, approve, execute."""
     eng = engine or build_engine(cfg, ask_name=ask is not None)
+    try:
+        return _pass(eng, cfg, auto=auto, dry_run=dry_run, ask=ask, say=say)
+    finally:
+        if engine is None:
+            eng.remote.close()
+
+
+def _pass(
+    eng: Engine,
+    cfg: Config,
+    *,
+    auto: Iterable[ActionKind],
+    dry_run: bool,
+    ask: Ask | None,
+    say: Say,
+) -> SyncSummary:
     say(f"s3syncd: {cfg.datafolder} <-> {eng.remote.describe()} as {eng.user}")
     eng.prepare()
     scan = eng.scan_local()
@@ -261,6 +277,14 @@ def reset(cfg: Config, *, purge_deleted: bool = False, remote: Remote | None = N
     Returns what was removed.
     """
     rem = remote or build_remote(cfg)
+    try:
+        return _reset(cfg, rem, purge_deleted)
+    finally:
+        if remote is None:
+            rem.close()
+
+
+def _reset(cfg: Config, rem: Remote, purge_deleted: bool) -> list[str]:
     removed: list[str] = []
     for key in sorted(rem.list(STATE_PREFIX)):
         full = STATE_PREFIX + key if not key.startswith(STATE_PREFIX) else key

@@ -280,9 +280,8 @@ def service_install(args: argparse.Namespace) -> int:
     cfg = load_config(path)
     files, enable = service.plan_install(path, cfg.name, system=sys.platform, home=Path.home(),
                                          exe=service.default_exe())
-    service.install(files, dry_run=args.dry_run, out=_out, force=args.force)
-    if not args.dry_run:
-        _out(f"enable it with: {enable}")
+    service.install(files, dry_run=args.dry_run, out=_out, force=args.force,
+                    enable_command=enable)
     return EXIT_OK
 
 

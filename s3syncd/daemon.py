@@ -216,6 +216,7 @@ class Daemon:
                     self.queue.entries[key] = e.__class__(e.action, e.queued_at,
                                                           EntryState.APPROVED, e.resolution)
             self.queue.save()
+        self.engine.remote.close()
         if self._lock_fh is not None:
             self._lock_fh.close()
             self._lock_fh = None

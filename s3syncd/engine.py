@@ -97,22 +97,34 @@ class Engine:
                         self.remote.describe())
         if manifest.ensure_initialised(self.remote):
             log.info("initialised an empty manifest at %s", self.remote.describe())
-        if not self.base and self.state.versions_local.exists():
-            self._adopt_legacy_base()
+        if not self.state.file("sync-base.json").exists():
+            # First run of s3syncd on this folder: never again take versionsLocal.csv
+            # (which we write ourselves) for an agreed state.
+            with self.lock:
+                if self.state.versions_local.exists():
+                    self._adopt_legacy_base()
+                self.state.save_base(self.base)
         pending = self.state.load_journal()
         if pending:
             log.info("committing %d manifest change(s) left by an interrupted run", len(pending))
             self._commit(pending)
 
     def _adopt_legacy_base(self) -> None:
-        # The original's versionsLocal.csv is a snapshot taken when its last sync ended,
-        # i.e. the last agreed state: the best base we can have when switching over.
+        # The original's versionsLocal.csv is a snapshot taken when its last sync ended:
+        # the best base we can have when a folder switches over from it.
         try:
             rows = tables.read_table_file(self.state.versions_local)
         except SyncError as exc:
             log.warning("not using %s as a base: %s", self.state.versions_local, exc)
             return
-        self.base = {p: r.checksum for p, r in rows.items() if _safe(p)}
+        remote = manifest.read_manifest(self.remote)
+        agreed = remote.rows if remote else {}
+        # Only what the remote also holds was agreed; the rest was never pushed.
+        self.base = {
+            p: r.checksum
+            for p, r in rows.items()
+            if _safe(p) and p in agreed and agreed[p].checksum == r.checksum
+        }
         log.info("took %d base entries from the original's versionsLocal.csv", len(self.base))
 
     # --- local side ---------------------------------------------------------------------

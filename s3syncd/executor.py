@@ -137,9 +137,12 @@ def _fetch(ctx: Context, action: Action, expected_local: LocalFile | None) -> Lo
 def _download(ctx: Context, action: Action) -> Outcome:
     lf = _fetch(ctx, action, action.local)
     changes: tuple[RowChange, ...] = ()
-    if action.remote is None:
-        # An object nobody catalogued: adopt it so old clients see it too.
-        changes = (RowChange(lf.path, Row(lf.path, "unknown", localfs.time_edited(lf.mtime_ns / 1e9), lf.md5)),)
+    if action.remote is None or action.remote.checksum != lf.md5:
+        # An object nobody catalogued (or whose row is stale): record what it really is,
+        # so old clients see it too.
+        by = action.remote.edited_by if action.remote else "unknown"
+        row = Row(lf.path, by, localfs.time_edited(lf.mtime_ns / 1e9), lf.md5)
+        changes = (RowChange(lf.path, row),)
     return Outcome(action, True, "downloaded", changes, {lf.path: lf.md5}, {lf.path: lf})
 
 

@@ -20,6 +20,7 @@ UNKNOWN_MD5 = "?"
 class RemoteKind(enum.Enum):
     PRESENT = "present"  # a manifest row (and the object, as far as we know)
     ORPHAN = "orphan"  # an object with no row: a row lost to a blind write, or a bypass
+    STALE = "stale"  # a row whose checksum the listed object contradicts (blind write)
     GONE = "gone"  # deleted, with evidence: a tombstone, or the object missing in a listing
     UNKNOWN = "unknown"  # no row and no evidence either way (no listing this time)
 
@@ -40,6 +41,9 @@ def remote_side(path: str, view: RemoteView) -> RemoteSide:
     if row is not None:
         if view.objects is not None and obj is None:
             return RemoteSide(RemoteKind.GONE, None, row, None)
+        if obj is not None and obj.md5 is not None and obj.md5 != row.checksum:
+            # An old client rewrote the manifest from a stale copy: the object is the truth.
+            return RemoteSide(RemoteKind.STALE, obj.md5, row, size)
         return RemoteSide(RemoteKind.PRESENT, row.checksum, row, size)
     if obj is not None:
         return RemoteSide(RemoteKind.ORPHAN, obj.md5 or UNKNOWN_MD5, None, size)
@@ -77,6 +81,8 @@ def reconcile(
             agreed[path] = lf.md5
             if side.kind is RemoteKind.ORPHAN:
                 actions.append(_record(path, b, lf, side, remote.etag, "restore lost row"))
+            elif side.kind is RemoteKind.STALE:
+                actions.append(_record(path, b, lf, side, remote.etag, "correct stale row"))
         elif decided is _FORGET:
             if b is not None:
                 forget.add(path)

@@ -119,3 +119,6 @@ class Remote(ABC):
     def supports_conditional_writes(self) -> bool:
         """Whether ``write_blob`` preconditions are enforced (probed at start-up)."""
         return True
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most platforms hold nothing
+        """Release connections (e.g. the S3 client's pool); the remote is unusable after."""

@@ -1,0 +1,573 @@
+"""The S3 platform: an S3 bucket prefix (AWS or any S3-compatible endpoint) as the remote.
+
+The only module of the package that imports boto3/botocore. Every foreign exception is
+translated into the ``s3syncd.errors`` tree by :func:`_translate`, and no message carries
+credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import boto3
+from boto3.exceptions import Boto3Error
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    CredentialRetrievalError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
+
+from s3syncd.errors import (
+    AuthError,
+    BucketNotFoundError,
+    ConfigError,
+    EndpointError,
+    PreconditionFailedError,
+    RemoteError,
+    RemoteNotFoundError,
+    SyncError,
+    TransferError,
+    UnsafePathError,
+)
+from s3syncd.model import RemoteObject
+from s3syncd.remote.base import (
+    NOT_MODIFIED,
+    STATE_PREFIX,
+    Blob,
+    NotModified,
+    ProgressCallback,
+    Remote,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CopySourceTypeDef, PutObjectRequestTypeDef
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+DEFAULT_MULTIPART_THRESHOLD = 16 * MiB
+DEFAULT_MAX_CONCURRENCY = 4
+# Largest object a single CopyObject request may copy; above it a multipart copy is needed.
+MAX_SINGLE_COPY = 5 * GiB
+MD5_METADATA = "md5"
+
+_HEX_MD5 = re.compile(r"[0-9a-f]{32}")
+_AUTH_CODES = frozenset(
+    {
+        "403",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "InvalidSecurity",
+    }
+)
+_NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+_PRECONDITION_CODES = frozenset({"412", "PreconditionFailed", "ConditionalRequestConflict"})
+# Answers from a server that does not implement a conditional header on CopyObject.
+_UNSUPPORTED_CODES = frozenset({"NotImplemented", "InvalidArgument", "InvalidRequest", "501"})
+
+
+def _strip_etag(etag: str) -> str:
+    return etag.strip('"')
+
+
+def _plain_md5(etag: str) -> str | None:
+    """The ETag if it is an MD5 of the content (single-part upload), else None.
+
+    Multipart ETags look like ``<hex>-<parts>``. SSE-KMS ETags are 32 hex digits but not
+    MD5s; S3 gives no way to tell, so uploads also store the MD5 as metadata.
+    """
+    etag = _strip_etag(etag).lower()
+    return etag if _HEX_MD5.fullmatch(etag) else None
+
+
+def _quoted(etag: str) -> str:
+    # HTTP entity tags are quoted; servers differ in whether they accept bare ones.
+    return etag if etag.startswith('"') else f'"{etag}"'
+
+
+def _redact_url(url: str) -> str:
+    """``url`` without any user:password part, for messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _is_custom_endpoint(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return not (host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn"))
+
+
+def normalize_prefix(prefix: str) -> str:
+    """Strip surrounding '/'; refuse '.', '..' and empty segments. '' means the bucket root."""
+    prefix = prefix.strip("/")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise ConfigError(f"S3 prefix {prefix!r} must not contain '.', '..' or '//'")
+    return prefix
+
+
+def _check_key(key: str) -> str:
+    if not key or key.startswith("/") or any(ord(c) < 32 for c in key):
+        raise UnsafePathError(f"unsafe remote key {key!r}")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise UnsafePathError(f"unsafe remote key {key!r}: empty, '.' or '..' segment")
+    return key
+
+
+def _error_parts(exc: ClientError) -> tuple[str, int]:
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+    return code, status
+
+
+def _translate(exc: BaseException, what: str, bucket: str, endpoint: str) -> SyncError:
+    """Map a boto3/botocore exception to the s3syncd error tree (one sentence, no secrets)."""
+    if isinstance(exc, Boto3Error):
+        # upload_file/download_file wrap the real cause; translate that instead.
+        inner = getattr(exc, "last_exception", None) or exc.__cause__ or exc.__context__
+        if isinstance(inner, ClientError | BotoCoreError):
+            return _translate(inner, what, bucket, endpoint)
+        return TransferError(f"{what} failed: {exc}")
+    if isinstance(exc, ClientError):
+        code, status = _error_parts(exc)
+        if code == "NoSuchBucket":
+            return BucketNotFoundError(f"bucket '{bucket}' does not exist")
+        if code in _NOT_FOUND_CODES or status == 404:
+            return RemoteNotFoundError(f"{what}: no such object")
+        if code in _PRECONDITION_CODES or status == 412:
+            return PreconditionFailedError(f"{what}: the object changed or already exists")
+        if code == "RequestTimeTooSkewed":
+            return AuthError(f"{what}: this machine's clock differs too much from the server's")
+        if code in _AUTH_CODES or status == 403:
+            return AuthError(
+                f"{what}: access denied (code {code}); check the credentials and the bucket policy"
+            )
+        message = str(exc.response.get("Error", {}).get("Message", "")).strip()
+        detail = f": {message}" if message else ""
+        return RemoteError(f"{what} failed with {code or 'an error'} (HTTP {status}){detail}")
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
+        return AuthError(
+            "no AWS credentials found (set a profile, the AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY environment variables, or credentials in the config)"
+        )
+    if isinstance(exc, BotoConnectionError | HTTPClientError):
+        return EndpointError(f"cannot reach the S3 endpoint {endpoint} ({type(exc).__name__})")
+    if isinstance(exc, BotoCoreError):
+        return RemoteError(f"{what} failed: {exc}")
+    return RemoteError(f"{what} failed: {type(exc).__name__}")
+
+
+class S3Remote(Remote):
+    """An S3 bucket prefix. Keys are relative to ``prefix``.
+
+    The client is injected (tests and the daemon may build their own); :meth:`close`
+    closes it.
+    """
+
+    name = "S3"
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        client: S3Client,
+        *,
+        multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+        multipart_chunksize: int | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        copy_threshold: int = MAX_SINGLE_COPY,
+    ) -> None:
+        if not bucket or "/" in bucket:
+            raise ConfigError(f"invalid S3 bucket name {bucket!r}")
+        self.bucket = bucket
+        self.prefix = normalize_prefix(prefix)
+        self._client = client
+        self._transfer = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_chunksize or multipart_threshold,
+            max_concurrency=max_concurrency,
+        )
+        self._copy_threshold = min(copy_threshold, MAX_SINGLE_COPY)
+        # Whether CopyObject accepts If-None-Match: assumed until a server says otherwise.
+        self._copy_if_none_match = True
+        self._conditional: bool | None = None
+        self._probe_lock = threading.Lock()
+        # Counts HTTP requests actually sent (retries included), for `status` and tests.
+        self._requests = 0
+        self._count_lock = threading.Lock()
+        client.meta.events.register("before-send.s3", self._count_request)
+
+    def _count_request(self, **_: Any) -> None:
+        with self._count_lock:
+            self._requests += 1
+
+    def request_count(self) -> int:
+        with self._count_lock:
+            return self._requests
+
+    @classmethod
+    def from_config(cls, settings: dict[str, Any]) -> S3Remote:
+        """Build from the ``[s3]`` table.
+
+        Keys: ``bucket`` (required), ``prefix``, ``endpoint_url``, ``region``, ``profile``,
+        ``credentials`` (``aws_access_key_id``, ``aws_secret_access_key``,
+        ``aws_session_token``), and the tuning knobs ``multipart_threshold``,
+        ``multipart_chunksize``, ``max_concurrency``, ``max_attempts``,
+        ``connect_timeout``, ``read_timeout``. Without ``endpoint_url`` boto3's own
+        resolution applies (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, the profile).
+        """
+        bucket = settings.get("bucket")
+        if not isinstance(bucket, str) or not bucket:
+            raise ConfigError("the S3 platform needs a 'bucket'")
+        prefix = settings.get("prefix") or ""
+        if not isinstance(prefix, str):
+            raise ConfigError("the S3 'prefix' must be a string")
+        endpoint = settings.get("endpoint_url") or None
+        credentials = _credentials(settings.get("credentials"))
+        config_args: dict[str, Any] = {
+            "retries": {"mode": "standard", "max_attempts": _int(settings, "max_attempts", 5)},
+            "max_pool_connections": 32,
+        }
+        for knob in ("connect_timeout", "read_timeout"):
+            if settings.get(knob) is not None:
+                config_args[knob] = _number(settings, knob)
+        base_config = Config(**config_args)
+        path_style = Config(s3={"addressing_style": "path"})
+        try:
+            session = boto3.session.Session(
+                profile_name=settings.get("profile") or None,
+                region_name=settings.get("region") or None,
+                aws_access_key_id=credentials.get("aws_access_key_id"),
+                aws_secret_access_key=credentials.get("aws_secret_access_key"),
+                aws_session_token=credentials.get("aws_session_token"),
+            )
+            client = session.client(
+                "s3",
+                endpoint_url=endpoint,
+                config=base_config.merge(path_style) if endpoint else base_config,
+            )
+            resolved = client.meta.endpoint_url
+            if not endpoint and _is_custom_endpoint(resolved):
+                # The endpoint came from the environment or the profile: S3-compatible
+                # servers need path-style addressing, so build the client again with it.
+                client.close()
+                client = session.client(
+                    "s3", endpoint_url=resolved, config=base_config.merge(path_style)
+                )
+        except ProfileNotFound as exc:
+            raise ConfigError(f"AWS profile {settings.get('profile')!r} not found") from exc
+        except (BotoCoreError, ValueError) as exc:
+            raise ConfigError(f"cannot set up the S3 client: {exc}") from exc
+        threshold = _int(settings, "multipart_threshold", DEFAULT_MULTIPART_THRESHOLD)
+        return cls(
+            bucket,
+            prefix,
+            client,
+            multipart_threshold=threshold,
+            multipart_chunksize=_int(settings, "multipart_chunksize", threshold),
+            max_concurrency=_int(settings, "max_concurrency", DEFAULT_MAX_CONCURRENCY),
+        )
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        return _redact_url(self._client.meta.endpoint_url)
+
+    def _full_key(self, key: str) -> str:
+        _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _error(self, exc: BaseException, what: str) -> SyncError:
+        return _translate(exc, what, self.bucket, self.endpoint)
+
+    @contextlib.contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
+            raise self._error(exc, what) from exc
+
+    def close(self) -> None:
+        """Close the client's connection pool."""
+        self._client.close()
+
+    def describe(self) -> str:
+        where = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        url = self._client.meta.endpoint_url
+        return f"{where} at {self.endpoint}" if _is_custom_endpoint(url) else where
+
+    # -- Remote ----------------------------------------------------------------------
+
+    def check(self) -> None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code, status = _error_parts(exc)
+            # HEAD has no body, so a missing bucket is a bare 404.
+            if status == 404 or code in ("404", "NoSuchBucket", "NotFound"):
+                raise BucketNotFoundError(f"bucket '{self.bucket}' does not exist") from exc
+            if status == 403 or code in _AUTH_CODES:
+                raise AuthError(
+                    f"access to bucket '{self.bucket}' was denied; "
+                    "check the credentials and the bucket policy"
+                ) from exc
+            raise self._error(exc, f"checking bucket '{self.bucket}'") from exc
+        except (BotoCoreError, Boto3Error) as exc:
+            raise self._error(exc, f"checking bucket '{self.bucket}'") from exc
+
+    def list(self, under: str = "") -> dict[str, RemoteObject]:
+        if under.startswith("/") or ".." in under.split("/"):
+            raise UnsafePathError(f"unsafe listing prefix {under!r}")
+        base = f"{self.prefix}/" if self.prefix else ""
+        found: dict[str, RemoteObject] = {}
+        paginator = self._client.get_paginator("list_objects_v2")
+        with self._translated(f"listing {self.describe()}"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base + under):
+                for item in page.get("Contents", []):
+                    key = item["Key"][len(base) :]
+                    # "folder/" markers made by consoles are not files.
+                    if not key or key.endswith("/"):
+                        continue
+                    if not under and key.startswith(STATE_PREFIX):
+                        continue
+                    etag = _strip_etag(item.get("ETag", ""))
+                    found[key] = RemoteObject(
+                        key=key, size=int(item.get("Size", 0)), etag=etag, md5=_plain_md5(etag)
+                    )
+        return found
+
+    def stat(self, key: str) -> RemoteObject | None:
+        full = self._full_key(key)
+        try:
+            with self._translated(f"stat {key}"):
+                head = self._client.head_object(Bucket=self.bucket, Key=full)
+        except RemoteNotFoundError:
+            return None
+        etag = _strip_etag(head.get("ETag", ""))
+        recorded = head.get("Metadata", {}).get(MD5_METADATA, "").lower()
+        md5 = recorded if _HEX_MD5.fullmatch(recorded) else _plain_md5(etag)
+        return RemoteObject(key=key, size=int(head.get("ContentLength", 0)), etag=etag, md5=md5)
+
+    def download(self, key: str, dest: Path, progress: ProgressCallback | None = None) -> None:
+        full = self._full_key(key)
+        try:
+            with self._translated(f"download {key}"):
+                self._client.download_file(
+                    self.bucket, full, str(dest), Callback=progress, Config=self._transfer
+                )
+        except OSError as exc:
+            raise TransferError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+        log.debug("downloaded %s to %s", key, dest)
+
+    def upload(
+        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None
+    ) -> RemoteObject:
+        full = self._full_key(key)
+        md5 = md5.lower()
+        if not _HEX_MD5.fullmatch(md5):
+            raise ValueError(f"md5 must be 32 hex digits, got {md5!r}")
+        try:
+            with self._translated(f"upload {key}"):
+                self._client.upload_file(
+                    str(src),
+                    self.bucket,
+                    full,
+                    ExtraArgs={"Metadata": {MD5_METADATA: md5}},
+                    Callback=progress,
+                    Config=self._transfer,
+                )
+        except OSError as exc:
+            raise TransferError(f"cannot read {src}: {exc.strerror or exc}") from exc
+        log.debug("uploaded %s to %s", src, key)
+        # The multipart ETag is not known from upload_file; one HEAD gives the facts.
+        obj = self.stat(key)
+        if obj is None:
+            raise RemoteNotFoundError(f"upload {key}: the object vanished right after upload")
+        return obj
+
+    def delete(self, key: str) -> None:
+        full = self._full_key(key)
+        with contextlib.suppress(RemoteNotFoundError), self._translated(f"delete {key}"):
+            self._client.delete_object(Bucket=self.bucket, Key=full)
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        src_full, dst_full = self._full_key(src_key), self._full_key(dst_key)
+        # The HEAD catches an existing destination on every server; If-None-Match below
+        # closes the race window where the server supports it.
+        if self.stat(dst_key) is not None:
+            raise PreconditionFailedError(f"copy {src_key} -> {dst_key}: destination exists")
+        source = self.stat(src_key)
+        if source is None:
+            raise RemoteNotFoundError(f"copy {src_key} -> {dst_key}: no such object")
+        what = f"copy {src_key} -> {dst_key}"
+        copy_source: CopySourceTypeDef = {"Bucket": self.bucket, "Key": src_full}
+        if source.size > self._copy_threshold:
+            # Managed multipart copy; it carries the metadata (our md5) over itself.
+            with self._translated(what):
+                self._client.copy(copy_source, self.bucket, dst_full, Config=self._transfer)
+            return
+        if self._copy_if_none_match:
+            try:
+                self._client.copy_object(
+                    Bucket=self.bucket, Key=dst_full, CopySource=copy_source, IfNoneMatch="*"
+                )
+                return
+            except ClientError as exc:
+                code, status = _error_parts(exc)
+                if code not in _UNSUPPORTED_CODES and status != 501:
+                    raise self._error(exc, what) from exc
+                log.info("server refuses If-None-Match on CopyObject (%s); copying without", code)
+                self._copy_if_none_match = False
+            except (BotoCoreError, Boto3Error) as exc:
+                raise self._error(exc, what) from exc
+        with self._translated(what):
+            self._client.copy_object(Bucket=self.bucket, Key=dst_full, CopySource=copy_source)
+
+    def read_blob(self, key: str, if_none_match: str | None = None) -> Blob | NotModified | None:
+        full = self._full_key(key)
+        what = f"read {key}"
+        try:
+            if if_none_match:
+                response = self._client.get_object(
+                    Bucket=self.bucket, Key=full, IfNoneMatch=_quoted(if_none_match)
+                )
+            else:
+                response = self._client.get_object(Bucket=self.bucket, Key=full)
+            body = response["Body"]
+            try:
+                data = body.read()
+            finally:
+                body.close()
+        except ClientError as exc:
+            code, status = _error_parts(exc)
+            if status == 304 or code == "304":
+                return NOT_MODIFIED
+            error = self._error(exc, what)
+            if isinstance(error, RemoteNotFoundError):
+                return None
+            raise error from exc
+        except (BotoCoreError, Boto3Error) as exc:
+            raise self._error(exc, what) from exc
+        return Blob(data=data, etag=_strip_etag(response.get("ETag", "")))
+
+    def write_blob(
+        self, key: str, data: bytes, if_match: str | None = None, create_only: bool = False
+    ) -> str:
+        if if_match and create_only:
+            raise ValueError("write_blob: if_match and create_only exclude each other")
+        what = f"write {key}"
+        request: PutObjectRequestTypeDef = {
+            "Bucket": self.bucket,
+            "Key": self._full_key(key),
+            "Body": data,
+            "Metadata": {MD5_METADATA: hashlib.md5(data).hexdigest()},
+        }
+        if if_match:
+            request["IfMatch"] = _quoted(if_match)
+        elif create_only:
+            request["IfNoneMatch"] = "*"
+        try:
+            with self._translated(what):
+                response = self._client.put_object(**request)
+        except RemoteNotFoundError as exc:
+            if not if_match:
+                raise
+            # AWS answers If-Match on a missing key with 404 (SeaweedFS with 412): either
+            # way the object is not the one the caller read.
+            raise PreconditionFailedError(f"{what}: the object no longer exists") from exc
+        return _strip_etag(response.get("ETag", ""))
+
+    def supports_conditional_writes(self) -> bool:
+        """Probe once: create-only twice and a stale If-Match must both be refused."""
+        with self._probe_lock:
+            if self._conditional is None:
+                self._conditional = self._probe_conditional_writes()
+            return self._conditional
+
+    def _probe_conditional_writes(self) -> bool:
+        probe = f"{STATE_PREFIX}probe-{uuid.uuid4().hex}"
+        fatal = (AuthError, EndpointError, BucketNotFoundError)
+        try:
+            self.write_blob(probe, b"probe", create_only=True)
+        except fatal:
+            raise
+        except RemoteError as exc:
+            # e.g. 501 NotImplemented for If-None-Match: the server has no conditional writes.
+            log.warning("%s refuses conditional writes: %s", self.describe(), exc)
+            return False
+        try:
+            refused = 0
+            attempts: tuple[dict[str, Any], ...] = ({"create_only": True}, {"if_match": "0" * 32})
+            for conditions in attempts:
+                try:
+                    self.write_blob(probe, b"probe-overwrite", **conditions)
+                except PreconditionFailedError:
+                    refused += 1
+                except fatal:
+                    raise
+                except RemoteError as exc:
+                    log.warning("conditional write probe on %s failed: %s", self.describe(), exc)
+        finally:
+            self.delete(probe)
+        supported = refused == len(attempts)
+        log.info("%s %s conditional writes", self.describe(), "honours" if supported else "ignores")
+        return supported
+
+
+def _credentials(raw: object) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError("the S3 'credentials' must be a table")
+    allowed = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        # Names only: values may be secrets.
+        raise ConfigError(f"unknown S3 credential keys: {', '.join(map(str, unknown))}")
+    creds = {name: raw[name] for name in allowed if raw.get(name)}
+    if any(not isinstance(value, str) for value in creds.values()):
+        raise ConfigError("the S3 credentials must be strings")
+    return creds
+
+
+def _int(settings: Mapping[str, Any], name: str, default: int) -> int:
+    value = settings.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"the S3 setting {name!r} must be a positive integer")
+    return value
+
+
+def _number(settings: Mapping[str, Any], name: str) -> float:
+    value = settings.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"the S3 setting {name!r} must be a positive number")
+    return float(value)
