@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from s3syncd import approvals, interactive, remote as platforms
+from s3syncd import approvals, interactive
+from s3syncd import remote as platforms
 from s3syncd.config import Config, Policy, load_config, read_legacy_credentials, resolve_user_name
 from s3syncd.engine import Engine
 from s3syncd.errors import ConfigError
@@ -106,8 +107,10 @@ def choose_actions(
                     approved.append((a, res))
             continue
         picked = interactive.choose(group, kind, ask, say)
-        if picked and kind in DELETE_KINDS and not interactive.confirm(
-            f"Really delete {len(picked)} file(s)?", ask
+        if (
+            picked
+            and kind in DELETE_KINDS
+            and not interactive.confirm(f"Really delete {len(picked)} file(s)?", ask)
         ):
             picked = []
         approved += [(a, None) for a in picked]

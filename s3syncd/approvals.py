@@ -116,8 +116,9 @@ def action_from_json(d: Mapping[str, Any]) -> Action:
         kind=ActionKind(d["kind"]),
         path=str(d["path"]),
         reason=str(d.get("reason", "")),
-        local=None if local is None else LocalFile(str(d["path"]), int(local[0]), int(local[1]),
-                                                   str(local[2])),
+        local=None
+        if local is None
+        else LocalFile(str(d["path"]), int(local[0]), int(local[1]), str(local[2])),
         remote=None if remote is None else Row(*(str(v) for v in remote)),
         remote_md5=d.get("remote_md5"),
         base_md5=d.get("base_md5"),
@@ -161,8 +162,9 @@ class ApprovalQueue:
             },
         )
 
-    def update(self, actions: Sequence[Action], now: float, policy: Policy,
-               brake: DeleteBrake) -> None:
+    def update(
+        self, actions: Sequence[Action], now: float, policy: Policy, brake: DeleteBrake
+    ) -> None:
         """Make the queue the current plan (minus rejections), auto-approving per policy."""
         fresh: dict[str, Entry] = {}
         plan_ids = set()
@@ -171,10 +173,7 @@ class ApprovalQueue:
             if a.id in self.rejected:
                 continue
             old = self.entries.get(a.id)
-            if old is not None:
-                entry = replace(old, action=a)
-            else:
-                entry = Entry(a, now)
+            entry = replace(old, action=a) if old is not None else Entry(a, now)
             if entry.state is EntryState.PENDING and auto_approved(a, policy, brake):
                 entry = replace(entry, state=EntryState.APPROVED)
             fresh[a.id] = entry
@@ -194,29 +193,44 @@ class ApprovalQueue:
     def _get(self, ids: Iterable[str]) -> list[Entry]:
         found = []
         for i in ids:
-            matches = [e for k, e in self.entries.items() if k == i or (len(i) >= 4 and k.startswith(i))]
+            matches = [
+                e for k, e in self.entries.items() if k == i or (len(i) >= 4 and k.startswith(i))
+            ]
             if len(matches) != 1:
                 raise UnknownActionError(f"no pending action has id {i!r}")
             found.append(matches[0])
         return found
 
-    def approve(self, ids: Sequence[str] = (), *, all_: bool = False,
-                kind: ActionKind | None = None, brake: DeleteBrake | None = None,
-                resolution: Resolution | None = None) -> tuple[list[str], list[str]]:
+    def approve(
+        self,
+        ids: Sequence[str] = (),
+        *,
+        all_: bool = False,
+        kind: ActionKind | None = None,
+        brake: DeleteBrake | None = None,
+        resolution: Resolution | None = None,
+    ) -> tuple[list[str], list[str]]:
         """Approve by id, or all (optionally of one kind). Returns (approved, held back).
 
         ``--all`` leaves deletions pending while the mass-delete brake is engaged, unless
         the deletion kind is named explicitly.
         """
-        chosen = self._get(ids) if ids else [
-            e for e in self.pending() if kind is None or e.action.kind is kind
-        ]
+        chosen = (
+            self._get(ids)
+            if ids
+            else [e for e in self.pending() if kind is None or e.action.kind is kind]
+        )
         if not ids and not all_:
             return [], []
         done, held = [], []
         for e in chosen:
-            if (not ids and brake is not None and brake.engaged and kind is None
-                    and e.action.kind in DELETE_KINDS):
+            if (
+                not ids
+                and brake is not None
+                and brake.engaged
+                and kind is None
+                and e.action.kind in DELETE_KINDS
+            ):
                 held.append(e.action.id)
                 continue
             if e.state is EntryState.RUNNING:
@@ -224,8 +238,9 @@ class ApprovalQueue:
             res = resolution or e.resolution
             if e.action.kind is ActionKind.CONFLICT and res is None:
                 res = Resolution.BOTH
-            self.entries[e.action.id] = replace(e, state=EntryState.APPROVED, resolution=res,
-                                                error=None)
+            self.entries[e.action.id] = replace(
+                e, state=EntryState.APPROVED, resolution=res, error=None
+            )
             done.append(e.action.id)
         self.save()
         return done, held

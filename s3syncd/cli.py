@@ -35,8 +35,13 @@ def _default_config() -> Path:
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", type=Path, default=None,
-                   help=f"config file (default: $S3SYNCD_CONFIG or ./{DEFAULT_CONFIG_NAME})")
+    p.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=None,
+        help=f"config file (default: $S3SYNCD_CONFIG or ./{DEFAULT_CONFIG_NAME})",
+    )
     g = p.add_argument_group("overrides (win over the file and the environment)")
     g.add_argument("--datafolder", help="the local data folder")
     g.add_argument("--platform", help="S3 or Local")
@@ -87,23 +92,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.add_argument("--force", action="store_true", help="overwrite an existing config file")
 
-    p = sub.add_parser("sync", help="one sync pass in the foreground (like the original smart_sync)",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "sync",
+        help="one sync pass in the foreground (like the original smart_sync)",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_overrides(p)
-    p.add_argument("--yes", "-y", action="store_true",
-                   help="approve every action without asking (conflicts keep both copies; "
-                   "a mass delete is still held)")
-    p.add_argument("--approve", action="append", default=[], metavar="KIND",
-                   choices=[k.value for k in APPROVABLE_KINDS],
-                   help="approve this kind without asking (repeatable)")
+    p.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="approve every action without asking (conflicts keep both copies; "
+        "a mass delete is still held)",
+    )
+    p.add_argument(
+        "--approve",
+        action="append",
+        default=[],
+        metavar="KIND",
+        choices=[k.value for k in APPROVABLE_KINDS],
+        help="approve this kind without asking (repeatable)",
+    )
     p.add_argument("--dry-run", "-n", action="store_true", help="show the plan, change nothing")
 
-    p = sub.add_parser("reset", help="remove sync state locally and on the remote "
-                       "(data files are untouched)")
+    p = sub.add_parser(
+        "reset", help="remove sync state locally and on the remote (data files are untouched)"
+    )
     _add_overrides(p)
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--purge-deleted", action="store_true",
-                   help="also remove the soft-deleted copies under .S3/deleted/ on the remote")
+    p.add_argument(
+        "--purge-deleted",
+        action="store_true",
+        help="also remove the soft-deleted copies under .S3/deleted/ on the remote",
+    )
 
     p = sub.add_parser("run", help="run the daemon in the foreground (for systemd/launchd)")
     _add_overrides(p)
@@ -112,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -130,8 +153,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         return default
 
     platform = value(args.platform, "Platform (S3 or Local)", "S3")
-    lines = [f'datafolder = "{value(args.datafolder, "Data folder", "Data")}"',
-             f'platform = "{platform}"']
+    lines = [
+        f'datafolder = "{value(args.datafolder, "Data folder", "Data")}"',
+        f'platform = "{platform}"',
+    ]
     user = value(args.user_name, "Your name (recorded as 'Edited By')", os.environ.get("USER", ""))
     if user:
         lines.append(f'user_name = "{user}"')
@@ -139,10 +164,17 @@ def cmd_init(args: argparse.Namespace) -> int:
         bucket = value(args.bucket, "S3 bucket", "")
         if not bucket:
             raise SyncError("a bucket is required (pass --bucket)")
-        lines += ["", "[s3]", f'bucket = "{bucket}"',
-                  f'prefix = "{value(args.prefix, "S3 prefix", "")}"']
-        for key, given in (("endpoint_url", args.endpoint_url), ("region", args.region),
-                           ("profile", args.profile)):
+        lines += [
+            "",
+            "[s3]",
+            f'bucket = "{bucket}"',
+            f'prefix = "{value(args.prefix, "S3 prefix", "")}"',
+        ]
+        for key, given in (
+            ("endpoint_url", args.endpoint_url),
+            ("region", args.region),
+            ("profile", args.profile),
+        ):
             if given:
                 lines.append(f'{key} = "{given}"')
     else:

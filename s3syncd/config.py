@@ -127,7 +127,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             return _flatten(tomllib.load(fh))
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist (create one with 's3syncd init')")
+        raise ConfigError(
+            f"config file {path} does not exist (create one with 's3syncd init')"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     except OSError as exc:
@@ -193,7 +195,9 @@ def build_config(values: Mapping[str, Any], base_dir: Path, path: Path | None = 
             raise ConfigError(f"s3.prefix {prefix!r} must not contain '..'")
         settings["prefix"] = prefix
     elif platform == "Local":
-        settings = {k.removeprefix("local."): v for k, v in values.items() if k.startswith("local.")}
+        settings = {
+            k.removeprefix("local."): v for k, v in values.items() if k.startswith("local.")
+        }
         if not settings.get("remote_path"):
             raise ConfigError("local.remote_path is required for platform Local")
         remote = Path(os.path.expanduser(str(settings["remote_path"])))

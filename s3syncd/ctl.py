@@ -58,23 +58,31 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("approve", help="approve actions by id, or --all [--kind K]")
     s.add_argument("ids", nargs="*", metavar="ID")
     s.add_argument("--all", action="store_true", help="approve everything pending")
-    s.add_argument("--kind", choices=[k.value for k in APPROVABLE_KINDS],
-                   help="with --all: only this kind")
+    s.add_argument(
+        "--kind", choices=[k.value for k in APPROVABLE_KINDS], help="with --all: only this kind"
+    )
     s.add_argument("--no-wait", action="store_true", help="return without waiting for transfers")
     s = sub.add_parser("reject", help="keep my side; not proposed again until the file changes")
     s.add_argument("ids", nargs="+", metavar="ID")
     s = sub.add_parser("resolve", help="resolve a conflict")
     s.add_argument("id", metavar="ID")
-    s.add_argument("--keep", required=True, choices=["local", "remote", "both"],
-                   help="which version wins; 'both' keeps the local one as a .conflict- copy")
+    s.add_argument(
+        "--keep",
+        required=True,
+        choices=["local", "remote", "both"],
+        help="which version wins; 'both' keeps the local one as a .conflict- copy",
+    )
     s.add_argument("--no-wait", action="store_true", help="return without waiting")
     sub.add_parser("sync", help="rescan the folder and poll the remote now")
     sub.add_parser("pause", help="stop syncing until resume (changes are still noticed)")
     sub.add_parser("resume", help="resume syncing")
     s = sub.add_parser("reset", help="remove sync state locally and on the remote, then stop")
     s.add_argument("--yes", "-y", action="store_true", help="do not ask")
-    s.add_argument("--purge-deleted", action="store_true",
-                   help="also remove soft-deleted copies under .S3/deleted/ on the remote")
+    s.add_argument(
+        "--purge-deleted",
+        action="store_true",
+        help="also remove soft-deleted copies under .S3/deleted/ on the remote",
+    )
     s = sub.add_parser("log", help="the daemon's recent log lines")
     s.add_argument("-n", type=int, default=50, help="number of lines (default 50)")
     s = sub.add_parser("service", help="install the systemd user unit / launchd agent")
@@ -129,19 +137,25 @@ def show_status(st: dict[str, Any]) -> None:
     _out(f"  folder      {st['datafolder']}")
     _out(f"  remote      {st['remote']} (as {st['user']})")
     _out(f"  last poll   {st['last_poll'] or 'never'} ({st['last_poll_result']})")
-    _out(f"  pending     {st['pending']} waiting for approval, {st['approved']} approved, "
-         f"{st['failed']} failed")
+    _out(
+        f"  pending     {st['pending']} waiting for approval, {st['approved']} approved, "
+        f"{st['failed']} failed"
+    )
     counts = st.get("counts", {})
-    _out(f"  files       {counts.get('local_files', 0)} local, "
-         f"{counts.get('remote_files', 0)} remote, {counts.get('skipped', 0)} skipped")
+    _out(
+        f"  files       {counts.get('local_files', 0)} local, "
+        f"{counts.get('remote_files', 0)} remote, {counts.get('skipped', 0)} skipped"
+    )
     if not st.get("conditional_writes", True):
         _out("  WARNING     the remote ignores conditional writes; using read-back checks")
     if st.get("held"):
         _out(f"  HELD        {st['held']}")
     tr = st.get("transfers", {})
     if tr.get("active"):
-        _out(f"  transfers   {len(tr['active'])} running, "
-             f"{_human_size(tr['bytes_done'])} of {_human_size(tr['bytes_total'])}")
+        _out(
+            f"  transfers   {len(tr['active'])} running, "
+            f"{_human_size(tr['bytes_done'])} of {_human_size(tr['bytes_total'])}"
+        )
     errors = st.get("errors", [])
     if errors:
         _out(f"  errors      {len(errors)} (latest last):")
@@ -156,9 +170,17 @@ def show_pending(items: list[dict[str, Any]]) -> None:
     rows = [("ID", "ACTION", "PATH", "SIZE", "WHO", "WHEN", "WHY")]
     for it in items:
         state = "" if it["state"] == "pending" else f" ({it['state']})"
-        rows.append((it["id"], it["kind"] + state, it["path"], _human_size(it["size"]),
-                     it["edited_by"] or "-", (it["queued_at"] or "")[:19].replace("T", " "),
-                     it["error"] or it["reason"]))
+        rows.append(
+            (
+                it["id"],
+                it["kind"] + state,
+                it["path"],
+                _human_size(it["size"]),
+                it["edited_by"] or "-",
+                (it["queued_at"] or "")[:19].replace("T", " "),
+                it["error"] or it["reason"],
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows) for i in range(6)]
     for r in rows:
         _out("  ".join(str(c).ljust(w) for c, w in zip(r[:6], widths, strict=True)) + "  " + r[6])
@@ -179,8 +201,10 @@ def wait_for(ctl: Ctl, ids: list[str], timeout: float | None = None) -> int:
             frac = min(tr["bytes_done"] / total, 1.0)
             bar = "#" * int(frac * 30)
             done = sum(1 for s in states.values() if s not in ("approved", "running"))
-            sys.stderr.write(f"\r[{bar:<30}] {done}/{len(ids)} actions, "
-                             f"{_human_size(tr['bytes_done'])}/{_human_size(tr['bytes_total'])}")
+            sys.stderr.write(
+                f"\r[{bar:<30}] {done}/{len(ids)} actions, "
+                f"{_human_size(tr['bytes_done'])}/{_human_size(tr['bytes_total'])}"
+            )
             sys.stderr.flush()
         if all(s not in ("approved", "running") for s in states.values()):
             break
@@ -233,16 +257,20 @@ def _dispatch(ctl: Ctl, args: argparse.Namespace) -> int:
         res = ctl.call("approve", {"ids": args.ids, "all": args.all, "kind": args.kind})
         _out(f"approved {len(res['approved'])} action(s)")
         if res["held"]:
-            _out(f"held back {len(res['held'])} deletion(s): a mass delete needs "
-                 "'--all --kind delete_remote/delete_local' or explicit ids")
+            _out(
+                f"held back {len(res['held'])} deletion(s): a mass delete needs "
+                "'--all --kind delete_remote/delete_local' or explicit ids"
+            )
         return EXIT_OK if args.no_wait else wait_for(ctl, res["approved"])
     if cmd == "resolve":
         res = ctl.call("resolve", {"id": args.id, "keep": args.keep})
         return EXIT_OK if args.no_wait else wait_for(ctl, res["approved"])
     if cmd == "reject":
         res = ctl.call("reject", {"ids": args.ids})
-        _out(f"rejected {len(res['rejected'])} action(s); they come back only if the file "
-             "changes again")
+        _out(
+            f"rejected {len(res['rejected'])} action(s); they come back only if the file "
+            "changes again"
+        )
         return EXIT_OK
     if cmd == "sync":
         res = ctl.call("sync")
@@ -278,10 +306,10 @@ def service_install(args: argparse.Namespace) -> int:
 
     path = _config_path(args).expanduser().resolve()
     cfg = load_config(path)
-    files, enable = service.plan_install(path, cfg.name, system=sys.platform, home=Path.home(),
-                                         exe=service.default_exe())
-    service.install(files, dry_run=args.dry_run, out=_out, force=args.force,
-                    enable_command=enable)
+    files, enable = service.plan_install(
+        path, cfg.name, system=sys.platform, home=Path.home(), exe=service.default_exe()
+    )
+    service.install(files, dry_run=args.dry_run, out=_out, force=args.force, enable_command=enable)
     return EXIT_OK
 
 

@@ -43,7 +43,6 @@ from s3syncd.errors import (
 )
 from s3syncd.executor import Outcome
 from s3syncd.model import APPROVABLE_KINDS, ActionKind, Resolution
-from s3syncd.protocol import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +84,9 @@ class Task:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, engine: Engine | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, cfg: Config, engine: Engine | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self.cfg = cfg
         self.clock = clock
         self.engine = engine or build_engine(cfg, ask_name=False)
@@ -151,23 +151,36 @@ class Daemon:
 
         from s3syncd.server import ControlServer
 
-        self._server = ControlServer(self.socket_path, self.handle)
+        if self.socket_path.parent == self.cfg.state_dir:
+            # The fallback location: the socket's folder must be private (it also holds
+            # the original's aws.txt, so 0700 suits it anyway).
+            self.cfg.state_dir.chmod(0o700)
+        self._server = ControlServer(
+            self.socket_path, self.handle, info={"version": "0.1.0", "name": self.cfg.name}
+        )
         self._server.start()
 
         from s3syncd.watcher import Watcher
 
+        def on_change(paths: set[str]) -> None:
+            self.submit("local", lambda: self._local_changed(paths))
+
+        def on_rescan() -> None:
+            self.submit("rescan", self._rescan)
+
         self._watcher = Watcher(
-            self.cfg.datafolder,
-            lambda paths: self.submit("local", lambda: self._local_changed(paths)),
-            debounce=self.cfg.daemon.debounce,
-            on_rescan=lambda: self.submit("rescan", self._rescan),
+            self.cfg.datafolder, on_change, debounce=self.cfg.daemon.debounce, on_rescan=on_rescan
         )
         self._watcher.start()
         self._start_scheduler()
         # Anything approved before a restart runs now.
         self.submit("execute", lambda: None)
-        log.info("s3syncd serving %s on %s (socket %s)", self.cfg.datafolder,
-                 eng.remote.describe(), self.socket_path)
+        log.info(
+            "s3syncd serving %s on %s (socket %s)",
+            self.cfg.datafolder,
+            eng.remote.describe(),
+            self.socket_path,
+        )
 
     def _start_scheduler(self) -> None:
         from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED
@@ -178,12 +191,21 @@ class Daemon:
             timezone="UTC",
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
-        sched.add_job(lambda: self._job("poll", self._poll), "interval",
-                      seconds=d.poll_interval, id="poll")
-        sched.add_job(lambda: self._job("rescan", self._rescan), "interval",
-                      seconds=d.rescan_interval, id="rescan")
-        sched.add_job(lambda: self._job("audit", self._audit), "interval",
-                      seconds=d.audit_interval, id="audit")
+        sched.add_job(
+            lambda: self._job("poll", self._poll), "interval", seconds=d.poll_interval, id="poll"
+        )
+        sched.add_job(
+            lambda: self._job("rescan", self._rescan),
+            "interval",
+            seconds=d.rescan_interval,
+            id="rescan",
+        )
+        sched.add_job(
+            lambda: self._job("audit", self._audit),
+            "interval",
+            seconds=d.audit_interval,
+            id="audit",
+        )
 
         def listener(event: Any) -> None:
             # A failing job never stops the scheduler; it is recorded for `status`.
@@ -213,8 +235,9 @@ class Daemon:
             # Actions cut short by the shutdown are asked again after a restart.
             for key, e in list(self.queue.entries.items()):
                 if e.state is EntryState.RUNNING:
-                    self.queue.entries[key] = e.__class__(e.action, e.queued_at,
-                                                          EntryState.APPROVED, e.resolution)
+                    self.queue.entries[key] = e.__class__(
+                        e.action, e.queued_at, EntryState.APPROVED, e.resolution
+                    )
             self.queue.save()
         self.engine.remote.close()
         if self._lock_fh is not None:
@@ -291,6 +314,8 @@ class Daemon:
             self._replan()
 
     def _rescan(self) -> None:
+        if self._watcher is not None:
+            self._watcher.check()  # notices a dead observer or a replaced root
         self.engine.scan_local()
         self.last_rescan = self.clock()
         self._replan()
@@ -309,8 +334,9 @@ class Daemon:
                     active={a.id: a.path for a, _ in batch},
                     bytes_total=sum(max(a.size or 0, 0) for a, _ in batch),
                 )
-            self.engine.execute(batch, progress=self._advance, on_outcome=self._outcome,
-                                cancel=self.cancel)
+            self.engine.execute(
+                batch, progress=self._advance, on_outcome=self._outcome, cancel=self.cancel
+            )
             with self.lock:
                 self.progress = Progress()
             if self.stopping.is_set():
@@ -328,8 +354,13 @@ class Daemon:
             if out.stale and self.cancel.is_set():
                 return  # abandoned by the shutdown; stays approved
             self.queue.finish(a.id, out.ok, out.stale, out.message)
-            self.results[a.id] = {"ok": out.ok, "stale": out.stale, "message": out.message,
-                                  "path": a.path, "kind": a.kind.value}
+            self.results[a.id] = {
+                "ok": out.ok,
+                "stale": out.stale,
+                "message": out.message,
+                "path": a.path,
+                "kind": a.kind.value,
+            }
             while len(self.results) > MAX_RESULTS:
                 self.results.popitem(last=False)
         if not out.ok and not out.stale:
@@ -341,10 +372,6 @@ class Daemon:
         if fn is None:
             raise ProtocolError(f"unknown method {method!r}")
         return fn(params)
-
-    def rpc_hello(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"protocol": PROTOCOL_VERSION, "version": "0.1.0", "pid": os.getpid(),
-                "name": self.cfg.name}
 
     def rpc_status(self, params: dict[str, Any]) -> dict[str, Any]:
         eng = self.engine
@@ -358,12 +385,13 @@ class Daemon:
                     actions[i] = {"state": match[0].state.value, "message": match[0].error}
                 elif i in self.results:
                     r = self.results[i]
-                    actions[i] = {"state": "done" if r["ok"] else "stale" if r["stale"]
-                                  else "failed", "message": r["message"]}
+                    actions[i] = {
+                        "state": "done" if r["ok"] else "stale" if r["stale"] else "failed",
+                        "message": r["message"],
+                    }
                 else:
                     actions[i] = {"state": "gone", "message": None}
-            state = ("paused" if self.paused else
-                     "syncing" if self.progress.active else "running")
+            state = "paused" if self.paused else "syncing" if self.progress.active else "running"
             return {
                 "state": state,
                 "name": self.cfg.name,
@@ -373,8 +401,9 @@ class Daemon:
                 "pid": os.getpid(),
                 "started": _iso(self.started_at),
                 "pending": sum(1 for e in pending if e.state is EntryState.PENDING),
-                "approved": sum(1 for e in pending if e.state in (EntryState.APPROVED,
-                                                                   EntryState.RUNNING)),
+                "approved": sum(
+                    1 for e in pending if e.state in (EntryState.APPROVED, EntryState.RUNNING)
+                ),
                 "failed": sum(1 for e in pending if e.state is EntryState.FAILED),
                 "last_poll": _iso(self.last_poll),
                 "last_poll_result": self.last_poll_result,
@@ -401,8 +430,12 @@ class Daemon:
                     "kind": e.action.kind.value,
                     "path": e.action.path,
                     "size": e.action.size,
-                    "edited_by": e.action.edited_by or (self.engine.user if e.action.kind in (
-                        ActionKind.UPLOAD, ActionKind.DELETE_REMOTE) else ""),
+                    "edited_by": e.action.edited_by
+                    or (
+                        self.engine.user
+                        if e.action.kind in (ActionKind.UPLOAD, ActionKind.DELETE_REMOTE)
+                        else ""
+                    ),
                     "time_edited": e.action.remote.time_edited if e.action.remote else None,
                     "reason": e.action.reason,
                     "queued_at": _iso(e.queued_at),
@@ -418,12 +451,16 @@ class Daemon:
         try:
             kind_enum = ActionKind(kind) if kind else None
         except ValueError:
-            raise ProtocolError(f"unknown kind {kind!r}; use "
-                                f"{', '.join(k.value for k in APPROVABLE_KINDS)}") from None
+            raise ProtocolError(
+                f"unknown kind {kind!r}; use {', '.join(k.value for k in APPROVABLE_KINDS)}"
+            ) from None
         resolution = params.get("keep")
         with self.lock:
             done, held = self.queue.approve(
-                ids, all_=bool(params.get("all")), kind=kind_enum, brake=self.brake,
+                ids,
+                all_=bool(params.get("all")),
+                kind=kind_enum,
+                brake=self.brake,
                 resolution=Resolution(resolution) if resolution else None,
             )
         if done:
@@ -475,8 +512,9 @@ class Daemon:
         self.paused = True
 
         def do() -> list[str]:
-            return reset(self.cfg, purge_deleted=bool(params.get("purge_deleted")),
-                         remote=self.engine.remote)
+            return reset(
+                self.cfg, purge_deleted=bool(params.get("purge_deleted")), remote=self.engine.remote
+            )
 
         removed = self.submit("reset", do).result(timeout=600)
         with self.lock:

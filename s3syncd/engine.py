@@ -93,8 +93,10 @@ class Engine:
         self.remote.check()
         self.conditional_writes = self.remote.supports_conditional_writes()
         if not self.conditional_writes:
-            log.warning("%s does not enforce conditional writes; verifying by read-back",
-                        self.remote.describe())
+            log.warning(
+                "%s does not enforce conditional writes; verifying by read-back",
+                self.remote.describe(),
+            )
         if manifest.ensure_initialised(self.remote):
             log.info("initialised an empty manifest at %s", self.remote.describe())
         if not self.state.file("sync-base.json").exists():
@@ -139,8 +141,12 @@ class Engine:
             self.index = result.files
             self.skipped = result.skipped
             self._save_local_tables()
-        log.info("scanned %d local files (%d hashed, %d skipped)", len(result.files),
-                 result.hashed, len(result.skipped))
+        log.info(
+            "scanned %d local files (%d hashed, %d skipped)",
+            len(result.files),
+            result.hashed,
+            len(result.skipped),
+        )
         return result
 
     def update_local(self, paths: Iterable[str]) -> bool:
@@ -158,12 +164,17 @@ class Engine:
 
     def _save_local_tables(self) -> None:
         self.state.save_index(self.index)
-        rows = [Row(f.path, self.user, localfs.time_edited(f.mtime_ns / 1e9), f.md5)
-                for f in self.index.values()]
+        rows = [
+            Row(f.path, self.user, localfs.time_edited(f.mtime_ns / 1e9), f.md5)
+            for f in self.index.values()
+        ]
         tables.write_table_file(self.state.versions_local, rows)
         known = self.manifest.rows if self.manifest else {}
-        gone = [known.get(p) or Row(p, self.user, localfs.time_edited(0), md5)
-                for p, md5 in self.base.items() if p not in self.index]
+        gone = [
+            known.get(p) or Row(p, self.user, localfs.time_edited(0), md5)
+            for p, md5 in self.base.items()
+            if p not in self.index
+        ]
         tables.write_table_file(self.state.deleted_local, gone)
 
     # --- remote side --------------------------------------------------------------------
@@ -219,7 +230,8 @@ class Engine:
             view = RemoteView(
                 rows={p: r for p, r in self.manifest.rows.items() if keep(p)},
                 tombstones={p: r for p, r in self.manifest.tombstones.items() if keep(p)},
-                objects=None if self.objects is None
+                objects=None
+                if self.objects is None
                 else {p: o for p, o in self.objects.items() if keep(p)},
                 etag=self.manifest.etag,
             )
@@ -257,9 +269,8 @@ class Engine:
                 continue
             row = rows.get(a.path)
             now_md5 = row.checksum if row else None
-            if a.remote is not None and now_md5 != a.remote_md5:
-                stale.add(a.id)
-            elif a.remote is None and row is not None:
+            changed = now_md5 != a.remote_md5 if a.remote is not None else row is not None
+            if changed:
                 stale.add(a.id)
         return stale
 
@@ -283,14 +294,17 @@ class Engine:
         todo = []
         for action, resolution in approved:
             if action.id in stale_ids:
-                out = Outcome(action, False, "changed on the remote since planned; re-planning",
-                              stale=True)
+                out = Outcome(
+                    action, False, "changed on the remote since planned; re-planning", stale=True
+                )
                 report.outcomes.append(out)
                 if on_outcome:
                     on_outcome(out)
             else:
                 todo.append((action, resolution))
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="s3syncd-xfer") as pool:
+        with ThreadPoolExecutor(
+            max_workers=self.workers, thread_name_prefix="s3syncd-xfer"
+        ) as pool:
             for out in pool.map(lambda ar: executor.run(ctx, ar[0], ar[1]), todo):
                 report.outcomes.append(out)
                 self._absorb_local(out)
@@ -356,7 +370,8 @@ class Engine:
                 for c in changes:
                     if c.row is None:
                         self.objects.pop(c.path, None)
-                    elif c.path not in self.objects:
+                    else:
+                        # We just wrote this object: the listing must not contradict it.
                         self.objects[c.path] = RemoteObject(c.path, -1, "", c.row.checksum)
             self.state.save_remote_meta({"manifest_etag": written.etag})
         write_atomic(self.state.versions, written.data)

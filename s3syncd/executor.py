@@ -15,7 +15,6 @@ only from outcomes that succeeded.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -171,7 +170,9 @@ def trash_key(ctx: Context, path: str) -> str:
 def _remove_remote(ctx: Context, action: Action) -> RowChange:
     key = trash_key(ctx, action.path)
     ctx.remote.delete(action.path)
-    tomb = action.remote or Row(action.path, ctx.user, localfs.time_edited(0), action.base_md5 or "")
+    tomb = action.remote or Row(
+        action.path, ctx.user, localfs.time_edited(0), action.base_md5 or ""
+    )
     log.info("%s: remote copy kept at %s", action.path, key)
     return RowChange(action.path, None, tomb if tomb.checksum else None)
 
@@ -179,15 +180,26 @@ def _remove_remote(ctx: Context, action: Action) -> RowChange:
 def _delete_remote(ctx: Context, action: Action) -> Outcome:
     localfs.check_unchanged(ctx.root, action.path, None)
     change = _remove_remote(ctx, action)
-    return Outcome(action, True, "deleted on remote (copy kept in .S3/deleted/)", (change,),
-                   {action.path: None})
+    return Outcome(
+        action,
+        True,
+        "deleted on remote (copy kept in .S3/deleted/)",
+        (change,),
+        {action.path: None},
+    )
 
 
 def _delete_local(ctx: Context, action: Action) -> Outcome:
     localfs.check_unchanged(ctx.root, action.path, action.local)
     dest = localfs.move_to_trash(ctx.root, action.path, ctx.state.trash, ctx.stamp())
-    return Outcome(action, True, f"moved to {dest.relative_to(ctx.root)}", (),
-                   {action.path: None}, {action.path: None})
+    return Outcome(
+        action,
+        True,
+        f"moved to {dest.relative_to(ctx.root)}",
+        (),
+        {action.path: None},
+        {action.path: None},
+    )
 
 
 def _conflict(ctx: Context, action: Action, resolution: Resolution) -> Outcome:
@@ -196,8 +208,9 @@ def _conflict(ctx: Context, action: Action, resolution: Resolution) -> Outcome:
     if resolution is Resolution.LOCAL or (resolution is Resolution.BOTH and not has_remote):
         if lf is None:
             change = _remove_remote(ctx, action)
-            return Outcome(action, True, "kept local (deleted on remote, copy kept)", (change,),
-                           {path: None})
+            return Outcome(
+                action, True, "kept local (deleted on remote, copy kept)", (change,), {path: None}
+            )
         if has_remote:
             trash_key(ctx, path)  # the colleague's version stays recoverable
         change, sent = _send(ctx, lf)
@@ -209,8 +222,9 @@ def _conflict(ctx: Context, action: Action, resolution: Resolution) -> Outcome:
             localfs.move_to_trash(ctx.root, path, ctx.state.trash, ctx.stamp())
             local_updates[path] = None
         if not has_remote:
-            return Outcome(action, True, "kept remote (local moved to trash)", (), {path: None},
-                           local_updates)
+            return Outcome(
+                action, True, "kept remote (local moved to trash)", (), {path: None}, local_updates
+            )
         got = _fetch(ctx, action, None)
         return Outcome(action, True, "kept remote (downloaded)", (), {path: got.md5}, {path: got})
     # BOTH, with a remote version: the local one steps aside under a conflict name.
@@ -232,10 +246,14 @@ def _record(ctx: Context, action: Action) -> Outcome:
     path = action.path
     if action.local is None:
         # Row whose object is gone and which we do not have: drop it, keep a tombstone.
-        return Outcome(action, True, "dropped row of a vanished object",
-                       (RowChange(path, None, action.remote),), {path: None})
+        return Outcome(
+            action,
+            True,
+            "dropped row of a vanished object",
+            (RowChange(path, None, action.remote),),
+            {path: None},
+        )
     lf = action.local
     known = ctx.known_rows.get(path)
     row = known if known and known.checksum == lf.md5 else _row_for(ctx, lf)
     return Outcome(action, True, "restored manifest row", (RowChange(path, row),), {path: lf.md5})
-

@@ -54,9 +54,9 @@ class ScanResult:
     hashed: int = 0
 
 
-def _walk(root: Path, rel: str, scandir: Callable[[str], Iterator[os.DirEntry[str]]]) -> Iterator[
-    tuple[str, os.DirEntry[str]]
-]:
+def _walk(
+    root: Path, rel: str, scandir: Callable[[str], Iterator[os.DirEntry[str]]]
+) -> Iterator[tuple[str, os.DirEntry[str]]]:
     try:
         entries = list(scandir(str(root / rel) if rel else str(root)))
     except OSError as exc:
@@ -153,8 +153,9 @@ def rescan_paths(
             def ignored_below(p: str, prefix: str = prefix) -> bool:
                 return ignored(prefix + p)
 
-            sub = scan(full, {p[len(prefix):]: f for p, f in files.items() if p in under},
-                       ignored_below)
+            sub = scan(
+                full, {p[len(prefix) :]: f for p, f in files.items() if p in under}, ignored_below
+            )
             for p in under:
                 out.pop(p, None)
             for p, f in sub.files.items():
@@ -190,8 +191,9 @@ def check_unchanged(root: Path, rel: str, expected: LocalFile | None) -> None:
         raise StaleActionError(f"{rel} changed locally since the action was planned")
 
 
-def install(root: Path, rel: str, tmp_file: Path, expected: LocalFile | None,
-            mtime: float | None) -> LocalFile:
+def install(
+    root: Path, rel: str, tmp_file: Path, expected: LocalFile | None, mtime: float | None
+) -> LocalFile:
     """Rename a verified download over ``rel`` if the local file is still as planned."""
     target = root / rel
     try:

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from s3syncd import tables
 from s3syncd.errors import PreconditionFailedError, RemoteError
 from s3syncd.model import Row
-from s3syncd.remote.base import MANIFEST_KEY, NOT_MODIFIED, TOMBSTONES_KEY, Blob, NotModified, Remote
+from s3syncd.remote.base import (
+    MANIFEST_KEY,
+    NOT_MODIFIED,
+    TOMBSTONES_KEY,
+    Blob,
+    NotModified,
+    Remote,
+)
 from s3syncd.state import RowChange
 
 log = logging.getLogger(__name__)

@@ -52,7 +52,9 @@ class RowChange:
 
     @staticmethod
     def from_json(data: Mapping[str, Any]) -> RowChange:
-        return RowChange(str(data["path"]), _row_from(data.get("row")), _row_from(data.get("tombstone")))
+        return RowChange(
+            str(data["path"]), _row_from(data.get("row")), _row_from(data.get("tombstone"))
+        )
 
 
 def _row_json(row: Row | None) -> list[str] | None:
@@ -142,7 +144,9 @@ class StateDir:
         write_atomic(self.file(name), json.dumps(payload, indent=1, sort_keys=True).encode())
 
     def load_base(self) -> dict[str, str]:
-        return {str(k): str(v) for k, v in self.read_json("sync-base.json").get("files", {}).items()}
+        return {
+            str(k): str(v) for k, v in self.read_json("sync-base.json").get("files", {}).items()
+        }
 
     def save_base(self, base: Mapping[str, str]) -> None:
         self.write_json("sync-base.json", {"files": dict(sorted(base.items()))})
@@ -164,7 +168,9 @@ class StateDir:
         self.write_json("sync-remote.json", meta)
 
     def load_journal(self) -> list[RowChange]:
-        return [RowChange.from_json(c) for c in self.read_json("sync-journal.json").get("changes", [])]
+        return [
+            RowChange.from_json(c) for c in self.read_json("sync-journal.json").get("changes", [])
+        ]
 
     def save_journal(self, changes: list[RowChange]) -> None:
         self.write_json("sync-journal.json", {"changes": [c.to_json() for c in changes]})

@@ -3,6 +3,7 @@ driven by ``s3syncctl`` (in-process ``ctl.main``) over the real control socket."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -62,14 +63,14 @@ class Node:
     def ctl(self, *args: str) -> tuple[int, str]:
         from io import StringIO
 
-        buf = StringIO()
-        old = sys.stdout
-        sys.stdout = buf
+        buf, err = StringIO(), StringIO()
+        old = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = buf, err
         try:
             code = ctl.main(["--config", str(self.config), *args])
         finally:
-            sys.stdout = old
-        return code, buf.getvalue()
+            sys.stdout, sys.stderr = old
+        return code, buf.getvalue() + err.getvalue()
 
     def pending(self) -> list[dict[str, Any]]:
         code, out = self.ctl("pending", "--json")
@@ -110,8 +111,9 @@ def env(s3_server: S3Server, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch)
     return dict(os.environ)
 
 
-def make_node(tmp: Path, name: str, server: S3Server, bucket: str, prefix: str,
-              extra: str = "") -> Node:
+def make_node(
+    tmp: Path, name: str, server: S3Server, bucket: str, prefix: str, extra: str = ""
+) -> Node:
     data = tmp / name / "Data"
     data.mkdir(parents=True)
     cfg = tmp / f"{name}.toml"
@@ -129,7 +131,9 @@ def start(node: Node, env: dict[str, str]) -> None:
     fh = node.log.open("ab")
     node.proc = subprocess.Popen(
         [sys.executable, "-m", "s3syncd", "run", "--config", str(node.config)],
-        stdout=fh, stderr=fh, env=env,
+        stdout=fh,
+        stderr=fh,
+        env=env,
     )
     fh.close()
 
@@ -151,16 +155,21 @@ def stop(node: Node) -> int:
 
 
 @pytest.fixture
-def nodes(tmp_path: Path, s3_server: S3Server, s3_bucket: str, env: dict[str, str]
-          ) -> Iterator[tuple[Node, Node]]:
+def nodes(
+    tmp_path: Path, s3_server: S3Server, s3_bucket: str, env: dict[str, str]
+) -> Iterator[tuple[Node, Node]]:
     a = make_node(tmp_path, "alice", s3_server, s3_bucket, "shared")
     b = make_node(tmp_path, "bob", s3_server, s3_bucket, "shared")
     start(a, env)
     start(b, env)
     try:
         yield a, b
+    except BaseException:
+        raise
     finally:
         for n in (a, b):
+            if n.log is not None and os.environ.get("SHOW_DAEMON_LOGS"):
+                print(f"--- {n.name} log ---\n{n.log.read_text()}")
             if n.proc is not None:
                 n.proc.send_signal(signal.SIGTERM)
                 try:
@@ -191,11 +200,13 @@ def test_create_modify_delete_and_conflicts_flow_between_two_daemons(
     (a.data / "sub dir").mkdir()
     (a.data / "sub dir" / "é.csv").write_bytes(b"1,2\n")
     item, figures["create: A pending upload"] = timed(
-        lambda: a.find("upload", "sub dir/é.csv"), "A to propose the upload")
+        lambda: a.find("upload", "sub dir/é.csv"), "A to propose the upload"
+    )
     assert item["size"] == 4 and item["edited_by"] == "alice"
     approve(a, item)
     item, figures["create: B pending download"] = timed(
-        lambda: b.find("download", "sub dir/é.csv"), "B to propose the download")
+        lambda: b.find("download", "sub dir/é.csv"), "B to propose the download"
+    )
     assert item["edited_by"] == "alice"
     approve(b, item)
     assert md5(b.data / "sub dir" / "é.csv") == md5(a.data / "sub dir" / "é.csv")
@@ -203,10 +214,12 @@ def test_create_modify_delete_and_conflicts_flow_between_two_daemons(
     # modify
     (a.data / "sub dir" / "é.csv").write_bytes(b"1,2\n3,4\n")
     item, figures["modify: A pending upload"] = timed(
-        lambda: a.find("upload", "sub dir/é.csv"), "A to propose the modified upload")
+        lambda: a.find("upload", "sub dir/é.csv"), "A to propose the modified upload"
+    )
     approve(a, item)
     item, figures["modify: B pending download"] = timed(
-        lambda: b.find("download", "sub dir/é.csv"), "B to propose the modified download")
+        lambda: b.find("download", "sub dir/é.csv"), "B to propose the modified download"
+    )
     approve(b, item)
     assert (b.data / "sub dir" / "é.csv").read_bytes() == b"1,2\n3,4\n"
     # B's own download must not echo back as an upload.
@@ -215,10 +228,12 @@ def test_create_modify_delete_and_conflicts_flow_between_two_daemons(
     # delete
     (a.data / "sub dir" / "é.csv").unlink()
     item, figures["delete: A pending delete_remote"] = timed(
-        lambda: a.find("delete_remote", "sub dir/é.csv"), "A to propose the remote delete")
+        lambda: a.find("delete_remote", "sub dir/é.csv"), "A to propose the remote delete"
+    )
     approve(a, item)
     item, figures["delete: B pending delete_local"] = timed(
-        lambda: b.find("delete_local", "sub dir/é.csv"), "B to propose the local delete")
+        lambda: b.find("delete_local", "sub dir/é.csv"), "B to propose the local delete"
+    )
     approve(b, item)
     assert not (b.data / "sub dir" / "é.csv").exists()
     assert list((b.data / ".S3" / "trash").rglob("é.csv"))
@@ -265,7 +280,7 @@ def test_queue_survives_restart(nodes: tuple[Node, Node], env: dict[str, str]) -
 
 
 def test_rejected_action_is_not_proposed_again_until_the_file_changes(
-    nodes: tuple[Node, Node]
+    nodes: tuple[Node, Node],
 ) -> None:
     a, _b = nodes
     (a.data / "r.txt").write_bytes(b"one")
@@ -283,10 +298,9 @@ def raw_request(path: Path, payload: bytes) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(20)
         s.connect(str(path))
-        try:
+        # The server may stop reading an oversized request before we finish sending.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             s.sendall(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server may stop reading an oversized request before we finish
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(65536)
@@ -304,20 +318,24 @@ def test_socket_is_private_and_survives_bad_requests(nodes: tuple[Node, Node]) -
     assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
     garbage = raw_request(sock, b"\x00\xffnot json at all\n")
     assert "error" in garbage
-    huge = raw_request(sock, b'{"v":1,"id":1,"method":"status","params":{"x":"'
-                       + b"a" * (10 << 20) + b'"}}\n')
+    huge = raw_request(
+        sock, b'{"v":1,"id":1,"method":"status","params":{"x":"' + b"a" * (10 << 20) + b'"}}\n'
+    )
     assert "error" in huge
     unknown = raw_request(sock, b'{"v":1,"id":7,"method":"format_disk","params":{}}\n')
     assert unknown["id"] == 7 and "error" in unknown
     assert a.status()["state"] in ("running", "syncing")
 
 
-def test_second_daemon_on_same_folder_refuses(nodes: tuple[Node, Node], env: dict[str, str]
-                                              ) -> None:
+def test_second_daemon_on_same_folder_refuses(
+    nodes: tuple[Node, Node], env: dict[str, str]
+) -> None:
     a, _b = nodes
     proc = subprocess.run(
         [sys.executable, "-m", "s3syncd", "run", "--config", str(a.config)],
-        capture_output=True, env=env, timeout=60,
+        capture_output=True,
+        env=env,
+        timeout=60,
     )
     assert proc.returncode != 0
     assert b"already running" in proc.stderr
@@ -335,9 +353,12 @@ def test_idle_daemon_polls_with_one_request_and_no_cpu(
         polls = 0
         last = s0["last_poll"]
         while polls < 3:
-            st = wait_until(lambda: (lambda s: s if s["last_poll"] != last else None)(
-                node.status()), what="next poll")
-            last = st["last_poll"]
+
+            def next_poll(since: str = last) -> dict[str, Any] | None:
+                st = node.status()
+                return st if st["last_poll"] != since else None
+
+            last = wait_until(next_poll, what="next poll")["last_poll"]
             polls += 1
         s1 = node.status()
         requests = s1["remote_requests"] - s0["remote_requests"]

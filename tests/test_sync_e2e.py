@@ -53,8 +53,9 @@ def creds(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(var)
 
 
-def write_config(path: Path, folder: str, user: str, server: S3Server, bucket: str,
-                 prefix: str, extra: str = "") -> Path:
+def write_config(
+    path: Path, folder: str, user: str, server: S3Server, bucket: str, prefix: str, extra: str = ""
+) -> Path:
     path.write_text(
         f'datafolder = "{folder}"\nplatform = "S3"\nuser_name = "{user}"\n'
         f'[s3]\nbucket = "{bucket}"\nprefix = "{prefix}"\n'
@@ -64,8 +65,9 @@ def write_config(path: Path, folder: str, user: str, server: S3Server, bucket: s
 
 
 @pytest.fixture
-def pair(tmp_path: Path, s3_server: S3Server, s3_bucket: str, creds: None
-         ) -> Iterator[tuple[Path, Path, Path, Path]]:
+def pair(
+    tmp_path: Path, s3_server: S3Server, s3_bucket: str, creds: None
+) -> Iterator[tuple[Path, Path, Path, Path]]:
     """(A.toml, B.toml, A's data folder, B's data folder) on one fresh prefix."""
     a = write_config(tmp_path / "A.toml", "A/Data", "alice", s3_server, s3_bucket, "team/alpha")
     b = write_config(tmp_path / "B.toml", "B/Data", "bob", s3_server, s3_bucket, "team/alpha")
@@ -84,8 +86,10 @@ def remote_manifest(client: S3Client, bucket: str, prefix: str) -> pd.DataFrame:
 
 
 def test_two_folders_converge_create_modify_delete(
-    pair: tuple[Path, Path, Path, Path], capsys: pytest.CaptureFixture[str],
-    s3_client: S3Client, s3_bucket: str,
+    pair: tuple[Path, Path, Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    s3_client: S3Client,
+    s3_bucket: str,
 ) -> None:
     a_cfg, b_cfg, a, b = pair
     files = {
@@ -157,8 +161,10 @@ def test_conflict_keeps_both_versions(
 
 
 def test_dry_run_changes_nothing(
-    pair: tuple[Path, Path, Path, Path], capsys: pytest.CaptureFixture[str],
-    s3_client: S3Client, s3_bucket: str,
+    pair: tuple[Path, Path, Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    s3_client: S3Client,
+    s3_bucket: str,
 ) -> None:
     a_cfg, _b_cfg, a, _b = pair
     (a / "x.txt").write_bytes(b"x")
@@ -170,8 +176,10 @@ def test_dry_run_changes_nothing(
 
 
 def test_lost_row_is_restored_not_deleted(
-    pair: tuple[Path, Path, Path, Path], capsys: pytest.CaptureFixture[str],
-    s3_client: S3Client, s3_bucket: str,
+    pair: tuple[Path, Path, Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    s3_client: S3Client,
+    s3_bucket: str,
 ) -> None:
     """An old client's blind write drops our row: the object is still there, so the
     row is restored and nobody's file is deleted."""
@@ -184,7 +192,7 @@ def test_lost_row_is_restored_not_deleted(
     body = s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read().decode()
     blind = "\n".join(line for line in body.splitlines() if not line.startswith("keep.txt"))
     s3_client.put_object(Bucket=s3_bucket, Key=key, Body=(blind + "\n").encode())
-    code, out = sync(b_cfg, capsys)
+    code, _out = sync(b_cfg, capsys)
     assert code == 0
     assert (b / "keep.txt").read_bytes() == b"precious"
     df = remote_manifest(s3_client, s3_bucket, "team/alpha")
@@ -192,8 +200,11 @@ def test_lost_row_is_restored_not_deleted(
 
 
 def test_unsafe_manifest_rows_are_refused(
-    pair: tuple[Path, Path, Path, Path], capsys: pytest.CaptureFixture[str],
-    s3_client: S3Client, s3_bucket: str, tmp_path: Path,
+    pair: tuple[Path, Path, Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    s3_client: S3Client,
+    s3_bucket: str,
+    tmp_path: Path,
 ) -> None:
     a_cfg, b_cfg, a, b = pair
     (a / "ok.txt").write_bytes(b"fine")
@@ -207,7 +218,7 @@ def test_unsafe_manifest_rows_are_refused(
     s3_client.put_object(Bucket=s3_bucket, Key=key, Body=(body + evil).encode())
     for p in ("escape.txt", "x"):
         s3_client.put_object(Bucket=s3_bucket, Key=f"team/{p}", Body=b"evil")
-    code, out = sync(b_cfg, capsys)
+    code, _out = sync(b_cfg, capsys)
     assert code == 0
     assert (b / "ok.txt").read_bytes() == b"fine"
     assert not (tmp_path / "B/escape.txt").exists()
@@ -217,15 +228,20 @@ def test_unsafe_manifest_rows_are_refused(
 
 
 def test_malformed_manifest_is_a_clear_error(
-    pair: tuple[Path, Path, Path, Path], capsys: pytest.CaptureFixture[str],
-    s3_client: S3Client, s3_bucket: str,
+    pair: tuple[Path, Path, Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    s3_client: S3Client,
+    s3_bucket: str,
 ) -> None:
     a_cfg, _b, a, _bb = pair
     (a / "ok.txt").write_bytes(b"fine")
     assert sync(a_cfg, capsys)[0] == 0
     before = (a / ".S3/sync-base.json").read_bytes()
-    s3_client.put_object(Bucket=s3_bucket, Key="team/alpha/.S3/versions.csv",
-                         Body=b"File,Edited By,Time Edited,Checksum\nok.txt,a,b\n\"unterminated\n")
+    s3_client.put_object(
+        Bucket=s3_bucket,
+        Key="team/alpha/.S3/versions.csv",
+        Body=b'File,Edited By,Time Edited,Checksum\nok.txt,a,b\n"unterminated\n',
+    )
     code = cli.main(["sync", "--config", str(a_cfg), "--yes"])
     err = capsys.readouterr().err
     assert code == 1
@@ -243,8 +259,13 @@ def test_malformed_manifest_is_a_clear_error(
     ],
 )
 def test_bad_remote_is_one_clear_sentence(
-    tmp_path: Path, s3_server: S3Server, creds: None, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch, setup: str, message: str,
+    tmp_path: Path,
+    s3_server: S3Server,
+    creds: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    setup: str,
+    message: str,
 ) -> None:
     bucket = "no-such-bucket-xyz"
     server = s3_server
@@ -266,8 +287,10 @@ def test_bad_remote_is_one_clear_sentence(
 
 
 def test_kill_9_mid_sync_loses_nothing(
-    pair: tuple[Path, Path, Path, Path], capsys: pytest.CaptureFixture[str],
-    s3_client: S3Client, s3_bucket: str,
+    pair: tuple[Path, Path, Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    s3_client: S3Client,
+    s3_bucket: str,
 ) -> None:
     """kill -9 while uploading; the next run resumes and both sides converge."""
     a_cfg, b_cfg, a, b = pair
@@ -276,7 +299,9 @@ def test_kill_9_mid_sync_loses_nothing(
     env = dict(os.environ)
     proc = subprocess.Popen(
         [sys.executable, "-m", "s3syncd", "sync", "--config", str(a_cfg), "--yes"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     try:
         deadline = time.monotonic() + 60
@@ -300,8 +325,10 @@ def test_kill_9_mid_sync_loses_nothing(
 
 
 def test_reset_removes_state_but_keeps_data_and_deleted_copies(
-    pair: tuple[Path, Path, Path, Path], capsys: pytest.CaptureFixture[str],
-    s3_client: S3Client, s3_bucket: str,
+    pair: tuple[Path, Path, Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    s3_client: S3Client,
+    s3_bucket: str,
 ) -> None:
     a_cfg, _b, a, _bb = pair
     (a / "x.txt").write_bytes(b"x")
@@ -317,5 +344,3 @@ def test_reset_removes_state_but_keeps_data_and_deleted_copies(
     assert (a / "x.txt").read_bytes() == b"x"
     assert not (a / ".S3/versions.csv").exists()
     assert not (a / ".S3/sync-base.json").exists()
-
-

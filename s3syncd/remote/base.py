@@ -100,7 +100,10 @@ class Remote(ABC):
 
     @abstractmethod
     def read_blob(self, key: str, if_none_match: str | None = None) -> Blob | NotModified | None:
-        """Read a small object whole. None if missing; NOT_MODIFIED if its ETag is ``if_none_match``."""
+        """Read a small object whole.
+
+        None if missing; NOT_MODIFIED if its ETag is still ``if_none_match``.
+        """
 
     @abstractmethod
     def write_blob(
