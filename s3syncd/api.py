@@ -146,7 +146,7 @@ def _pass(
     say: Say,
 ) -> SyncSummary:
     say(f"s3syncd: {cfg.datafolder} <-> {eng.remote.describe()} as {eng.user}")
-    eng.prepare()
+    eng.prepare(dry_run=dry_run)
     scan = eng.scan_local()
     eng.refresh_remote(listing=True, force=True)
     plan = eng.plan()

@@ -233,7 +233,7 @@ class ApprovalQueue:
             ):
                 held.append(e.action.id)
                 continue
-            if e.state is EntryState.RUNNING:
+            if e.state is EntryState.RUNNING or (not ids and e.state is EntryState.APPROVED):
                 continue
             res = resolution or e.resolution
             if e.action.kind is ActionKind.CONFLICT and res is None:

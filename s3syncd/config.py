@@ -177,13 +177,17 @@ def _kinds(raw: Any) -> frozenset[ActionKind]:
 
 def build_config(values: Mapping[str, Any], base_dir: Path, path: Path | None = None) -> Config:
     """Validate flattened settings into a Config. Relative folders are from ``base_dir``."""
-    unknown = sorted(set(values) - KNOWN_KEYS)
+    platform = str(values.get("platform", "S3"))
+    # A plugin platform's settings live in its own table, e.g. [myplatform]; only it knows them.
+    plugin_table = "" if platform in ("S3", "Local") else platform.lower() + "."
+    unknown = sorted(
+        k for k in set(values) - KNOWN_KEYS if not (plugin_table and k.startswith(plugin_table))
+    )
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
     datafolder = Path(os.path.expanduser(str(values.get("datafolder", "Data"))))
     if not datafolder.is_absolute():
         datafolder = base_dir / datafolder
-    platform = str(values.get("platform", "S3"))
     if platform == "S3":
         settings: dict[str, Any] = {
             k.removeprefix("s3."): v for k, v in values.items() if k.startswith("s3.")

@@ -81,9 +81,12 @@ class Engine:
         self.ignore = tables.read_ignores(self.state.ignores)
 
     # --- start-up -----------------------------------------------------------------------
-    def prepare(self) -> None:
+    def prepare(self, dry_run: bool = False) -> None:
         """Create .S3/, drop partial downloads, load state, initialise the remote if empty,
-        and commit any manifest changes a crash left in the journal."""
+        and commit any manifest changes a crash left in the journal.
+
+        ``dry_run`` only loads: nothing is written on the remote.
+        """
         self.state.ensure()
         self.state.clean_tmp()
         with self.lock:
@@ -97,6 +100,8 @@ class Engine:
                 "%s does not enforce conditional writes; verifying by read-back",
                 self.remote.describe(),
             )
+        if dry_run:
+            return
         if manifest.ensure_initialised(self.remote):
             log.info("initialised an empty manifest at %s", self.remote.describe())
         if not self.state.file("sync-base.json").exists():
@@ -310,6 +315,8 @@ class Engine:
                 self._absorb_local(out)
                 if on_outcome:
                     on_outcome(out)
+        with self.lock:
+            self.state.save_index(self.index)
         changes = [c for o in report.done for c in o.changes]
         try:
             if changes:
@@ -323,6 +330,8 @@ class Engine:
         return report
 
     def _absorb_local(self, out: Outcome) -> None:
+        # In memory only; saved once per pass. After a crash the index is merely behind,
+        # which costs a rehash of the files we wrote, nothing more.
         if not out.local:
             return
         with self.lock:
@@ -331,7 +340,6 @@ class Engine:
                     self.index.pop(path, None)
                 else:
                     self.index[path] = lf
-            self.state.save_index(self.index)
 
     def _absorb_base(self, done: Sequence[Outcome]) -> None:
         with self.lock:
