@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -85,14 +85,19 @@ class Task:
 
 class Daemon:
     def __init__(
-        self, cfg: Config, engine: Engine | None = None, clock: Callable[[], float] = time.time
+        self,
+        cfg: Config,
+        engine: Engine | None = None,
+        clock: Callable[[], float] = time.time,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.cfg = cfg
         self.clock = clock
         self.engine = engine or build_engine(cfg, ask_name=False)
         self.queue = ApprovalQueue(self.engine.state)
         self.lock = threading.RLock()  # guards queue, progress, errors, flags
-        self.stopping = threading.Event()
+        # Set by SIGTERM/SIGINT (via run()) or by a reset request: the main thread waits on it.
+        self.stopping = stopping or threading.Event()
         self.cancel = threading.Event()
         self.tasks: queue.Queue[Task | None] = queue.Queue()
         self.paused = False
@@ -231,14 +236,14 @@ class Daemon:
             t.join(timeout=30)
         if self._server is not None:
             self._server.stop()
-        with self.lock:
-            # Actions cut short by the shutdown are asked again after a restart.
-            for key, e in list(self.queue.entries.items()):
-                if e.state is EntryState.RUNNING:
-                    self.queue.entries[key] = e.__class__(
-                        e.action, e.queued_at, EntryState.APPROVED, e.resolution
-                    )
-            self.queue.save()
+        # After a reset the queue file is gone on purpose: do not write it back.
+        if not self.reset_requested:
+            with self.lock:
+                # Actions cut short by the shutdown are asked again after a restart.
+                for key, e in list(self.queue.entries.items()):
+                    if e.state is EntryState.RUNNING:
+                        self.queue.entries[key] = replace(e, state=EntryState.APPROVED)
+                self.queue.save()
         self.engine.remote.close()
         if self._lock_fh is not None:
             self._lock_fh.close()
@@ -560,7 +565,7 @@ def run(cfg: Config, verbose: int = 0) -> int:
     memlog = MemoryLog()
     _setup_logging(cfg, verbose, memlog)
     try:
-        d = Daemon(cfg)
+        d = Daemon(cfg, stopping=stop)
         d.memlog = memlog
         d.start()
     except SyncError as exc:
@@ -577,8 +582,7 @@ def run(cfg: Config, verbose: int = 0) -> int:
     from s3syncd.service import sd_notify
 
     sd_notify("READY=1")
-    while not stop.is_set() and not d.stopping.is_set():
-        stop.wait(1.0) if sys.platform == "darwin" else stop.wait()
+    stop.wait()
     sd_notify("STOPPING=1")
     d.stop()
     return EXIT_OK

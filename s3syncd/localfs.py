@@ -147,20 +147,16 @@ def rescan_paths(
             continue
         full = root / rel
         if full.is_dir() and not full.is_symlink():
-            under = {p for p in out if p.startswith(rel + "/")}
-            prefix = rel + "/"
-
-            def ignored_below(p: str, prefix: str = prefix) -> bool:
-                return ignored(prefix + p)
-
-            sub = scan(
-                full, {p[len(prefix) :]: f for p, f in files.items() if p in under}, ignored_below
-            )
-            for p in under:
-                out.pop(p, None)
-            for p, f in sub.files.items():
-                out[f"{rel}/{p}"] = LocalFile(f"{rel}/{p}", f.size, f.mtime_ns, f.md5)
-            skipped.update({f"{rel}/{p}": why for p, why in sub.skipped.items()})
+            # Walk from the data folder's root, so every rule sees the whole relative path
+            # (e.g. 'run.S3/x.csv' is legacy-excluded exactly as in a full scan).
+            for p in [p for p in out if p.startswith(rel + "/")]:
+                out.pop(p)
+            for child, _entry in _walk(root, rel, os.scandir):
+                found, why = examine(root, child, files, ignored)
+                if found is not None:
+                    out[child] = found
+                elif why and why != "ignored":
+                    skipped[child] = why
             continue
         found, why = examine(root, rel, out, ignored)
         if found is None:

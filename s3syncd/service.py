@@ -107,7 +107,7 @@ def _unit(description: str, exec_start: str) -> str:
 Description={description}
 Documentation={DOCUMENTATION_URL}
 # A user manager has no network-online.target, so these are no-ops there (kept for
-# managers that have one); the daemon retries the remote itself until the network is up.
+# managers that have one); an unreachable remote makes the daemon exit, and Restart= retries.
 After=network-online.target
 Wants=network-online.target
 

@@ -380,3 +380,126 @@ def test_idle_daemon_polls_with_one_request_and_no_cpu(
         assert used < 0.15, f"idle daemon used {used:.2f}s CPU in 3s"
     finally:
         stop(node)
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): md5(p)
+        for p in root.rglob("*")
+        if p.is_file() and not p.relative_to(root).as_posix().startswith(".S3/")
+    }
+
+
+def test_kill_9_during_transfers_then_restart_resumes(
+    nodes: tuple[Node, Node], env: dict[str, str]
+) -> None:
+    a, b = nodes
+    for i in range(40):
+        (a.data / f"k{i:02}.bin").write_bytes(os.urandom(300_000))
+    wait_until(lambda: len(a.pending()) == 40, what="40 pending uploads")
+    code, out = a.ctl("approve", "--all", "--no-wait")
+    assert code == 0, out
+    wait_until(lambda: a.status()["transfers"]["active"] or not a.pending(), what="transfers")
+    assert a.proc is not None
+    a.proc.kill()  # SIGKILL: no cleanup at all
+    a.proc.wait(timeout=30)
+    a.proc = None
+    start(a, env)  # over the stale socket, with the interrupted actions still approved
+    wait_until(lambda: not a.pending(), timeout=60, what="A to finish the approved uploads")
+    code, out = b.ctl("sync")
+    assert code == 0, out
+    wait_until(
+        lambda: len([p for p in b.pending() if p["kind"] == "download"]) == 40,
+        what="B to see 40 downloads",
+    )
+    code, out = b.ctl("approve", "--all")
+    assert code == 0, out
+    assert tree(b.data) == tree(a.data)
+    assert not list((a.data / ".S3" / "tmp").iterdir())
+
+
+def test_mass_delete_is_held_even_when_auto_approved(
+    tmp_path: Path, s3_server: S3Server, s3_bucket: str, env: dict[str, str]
+) -> None:
+    node = make_node(
+        tmp_path,
+        "carol",
+        s3_server,
+        s3_bucket,
+        "brake",
+        '[policy]\nauto_approve = ["upload", "delete_remote"]\n',
+    )
+    for i in range(6):
+        (node.data / f"d{i}.txt").write_bytes(f"{i}".encode())
+    start(node, env)
+    try:
+        wait_until(lambda: not node.pending(), what="auto-approved uploads to finish")
+        for i in range(4):
+            (node.data / f"d{i}.txt").unlink()
+        wait_until(lambda: len(node.pending()) == 4, what="4 held deletions")
+        st = node.status()
+        assert st["held"] and "4 of 6" in st["held"]
+        code, out = node.ctl("approve", "--all")
+        assert code == 0 and "held back 4" in out
+        assert len(node.pending()) == 4
+        code, out = node.ctl("approve", "--all", "--kind", "delete_remote")
+        assert code == 0, out
+        assert node.pending() == []
+    finally:
+        stop(node)
+
+
+def test_pause_resume_log_and_service_dry_run(nodes: tuple[Node, Node], tmp_path: Path) -> None:
+    a, _b = nodes
+    code, out = a.ctl("pause")
+    assert code == 0 and "paused" in out
+    assert a.status()["state"] == "paused"
+    code, out = a.ctl("resume")
+    assert code == 0 and a.status()["state"] in ("running", "syncing")
+    code, out = a.ctl("log", "-n", "5")
+    assert code == 0 and "resumed" in out
+    code, out = a.ctl("service", "install", "--dry-run")
+    assert code == 0, out
+    assert "ExecStart=" in out and f"run --config {a.config}" in out
+    assert "systemctl --user" in out
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    body = (
+        out[out.index("[Unit]") : out.index("[Install]")] + "[Install]\nWantedBy=default.target\n"
+    )
+    unit = tmp_path / "units" / "s3syncd-alice.service"
+    unit.parent.mkdir()
+    unit.write_text(body)
+    proc = subprocess.run(
+        [analyze, "verify", "--user", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_reset_over_the_socket_removes_state_and_stops(
+    tmp_path: Path,
+    s3_server: S3Server,
+    s3_bucket: str,
+    env: dict[str, str],
+    s3_client: Any,
+) -> None:
+    node = make_node(
+        tmp_path, "dave", s3_server, s3_bucket, "reset", '[policy]\nauto_approve = ["upload"]\n'
+    )
+    (node.data / "keep.txt").write_bytes(b"data")
+    start(node, env)
+    wait_until(lambda: not node.pending(), what="the upload")
+    code, out = node.ctl("reset", "--yes")
+    assert code == 0, out
+    assert "removed remote .S3/versions.csv" in out
+    assert node.proc is not None
+    assert node.proc.wait(timeout=30) == 0
+    node.proc = None
+    keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    assert keys == {"reset/keep.txt"}
+    assert (node.data / "keep.txt").read_bytes() == b"data"
+    assert not (node.data / ".S3" / "sync-base.json").exists()

@@ -101,9 +101,7 @@ class World:
     tmp: Path
     remote_root: Path
 
-    def site(
-        self, name: str, remote: LocalDirRemote | None = None, **settings: Any
-    ) -> Site:
+    def site(self, name: str, remote: LocalDirRemote | None = None, **settings: Any) -> Site:
         folder = self.tmp / name / "Data"
         folder.mkdir(parents=True, exist_ok=True)
         values = {
@@ -253,9 +251,7 @@ def test_interrupted_download_keeps_the_old_file_and_the_next_pass_completes(
 
     flaky.broken = True
     summary = alice.sync()
-    assert [(a.kind, a.path) for a, _ in summary.failed] == [
-        (ActionKind.DOWNLOAD, "t/table.csv")
-    ]
+    assert [(a.kind, a.path) for a, _ in summary.failed] == [(ActionKind.DOWNLOAD, "t/table.csv")]
     assert "connection reset" in summary.failed[0][1]
     assert not summary.ok
     assert alice.read("t/table.csv") == old  # byte for byte
@@ -341,9 +337,14 @@ def test_file_edited_before_its_bytes_are_sent_is_not_committed(
     editing.armed = True
     summary = alice.sync()
     (out,) = [m for a, m in summary.failed if a.path == "data.csv"]
-    assert "changed while uploading" in out
+    assert "changed while" in out
     assert alice.base() == base_before
     assert world.rows() == rows_before  # nothing committed
+    # and the object was not replaced by bytes nobody hashed
+    if new_file:
+        assert not world.obj("data.csv").exists()
+    else:
+        assert world.obj("data.csv").read_bytes() == b"v1\n"
     final = b"v2 longer\nlate edit\n"
     assert alice.read("data.csv") == final
 
@@ -404,6 +405,61 @@ def test_file_edited_after_its_bytes_are_sent_is_uploaded_next_pass(
     assert alice.read("data.csv") == final
     assert world.obj("data.csv").read_bytes() == final
     assert world.rows()["data.csv"].checksum == md5(final)
+
+
+class TearingRemote(LocalDirRemote):
+    """The user saves a new version while the upload is half-way through the file: the
+    object ends up with the old first chunk and the new rest (a torn copy)."""
+
+    def __init__(self, root: Path, new_content: bytes) -> None:
+        super().__init__(root)
+        self.new_content = new_content
+        self.armed = False
+
+    def upload(
+        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None
+    ) -> RemoteObject:
+        if not self.armed:
+            return super().upload(src, key, md5, progress)
+        self.armed = False
+        done = False
+
+        def save_mid_way(_n: int) -> None:
+            nonlocal done
+            if not done:
+                done = True
+                src.write_bytes(self.new_content)
+
+        return super().upload(src, key, md5, save_mid_way)
+
+
+def test_torn_upload_never_reaches_a_colleague(world: World) -> None:
+    chunk = 1 << 20
+    v1 = b"1" * (2 * chunk)
+    v2 = b"2" * (2 * chunk)
+    v3 = b"3" * (2 * chunk + 10)
+    tearing = TearingRemote(world.remote_root, v3)
+    alice = world.site("alice", tearing)
+    bob = world.site("bob")
+    alice.write("big.bin", v1)
+    assert alice.sync().ok
+    assert bob.sync().ok
+    alice.write("big.bin", v2)
+    tearing.armed = True
+    summary = alice.sync()
+    assert [a.path for a, _ in summary.failed] == ["big.bin"]
+    assert alice.read("big.bin") == v3  # the setup really saved mid-transfer
+    assert world.rows()["big.bin"].checksum == md5(v1)
+    assert world.obj("big.bin").read_bytes() == v1  # not a mix of v2 and v3
+    assert list((world.remote_root / ".S3/.tmp").iterdir()) == []
+
+    assert bob.sync().planned == []
+    assert bob.read("big.bin") == v1
+    summary = alice.sync()
+    assert kinds(summary) == {"big.bin": ActionKind.UPLOAD} and summary.ok
+    assert world.obj("big.bin").read_bytes() == v3
+    assert bob.sync().ok
+    assert bob.read("big.bin") == v3
 
 
 # --- crash between transfer and manifest commit -------------------------------------------
@@ -822,7 +878,7 @@ class RacingRemote(LocalDirRemote):
 def test_two_engines_committing_at_once_keep_both_rows(world: World) -> None:
     barrier = threading.Barrier(2)
     remotes = [RacingRemote(world.remote_root, barrier) for _ in range(2)]
-    sites = [world.site(name, rem) for name, rem in zip(("alice", "bob"), remotes)]
+    sites = [world.site(name, rem) for name, rem in zip(("alice", "bob"), remotes, strict=True)]
     for site in sites:
         site.write("common.csv", b"same for both\n")
     assert sites[0].sync().ok
@@ -846,7 +902,7 @@ def test_two_engines_committing_at_once_keep_both_rows(world: World) -> None:
 
     threads = [
         threading.Thread(target=run, args=(s, p), name=f"test-{s.name}")
-        for s, p in zip(sites, plans)
+        for s, p in zip(sites, plans, strict=True)
     ]
     for t in threads:
         t.start()
@@ -941,7 +997,8 @@ def test_legacy_folder_is_adopted_without_conflicts(world: World) -> None:
     state = alice.folder / ".S3"
     write_legacy_table(state / "versions.csv", agreed, index=False)
     write_legacy_table(
-        state / "versionsLocal.csv", [*agreed, ("local_only.csv", "alice", t, md5(pushed_never))],
+        state / "versionsLocal.csv",
+        [*agreed, ("local_only.csv", "alice", t, md5(pushed_never))],
         index=False,
     )
     write_legacy_table(state / "deletedS3.csv", tomb, index=True)

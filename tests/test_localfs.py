@@ -199,9 +199,7 @@ def test_examine_skips_a_file_that_changes_while_being_read(root: Path) -> None:
     assert os.lstat(root / "growing.log").st_size == real.st_size
 
 
-def test_examine_reports_an_unreadable_file(
-    root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_examine_reports_an_unreadable_file(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     put(root, "locked.xlsx", b"x")
 
     def refuse(path: Path) -> str:
@@ -269,9 +267,7 @@ def test_rescan_a_new_directory(root: Path, hasher: CountingHasher) -> None:
     assert sorted(hasher.calls) == ["one.csv", "two.csv"]
 
 
-def test_rescan_an_unchanged_directory_reuses_the_cache(
-    root: Path, hasher: CountingHasher
-) -> None:
+def test_rescan_an_unchanged_directory_reuses_the_cache(root: Path, hasher: CountingHasher) -> None:
     put(root, "d/a.csv", b"a")
     put(root, "d/b.csv", b"b")
     files = localfs.scan(root, {}, no_ignores).files
@@ -400,9 +396,7 @@ def download(tmp_path: Path, data: bytes) -> Path:
     return tmp
 
 
-def test_install_replaces_the_planned_file_and_sets_its_mtime(
-    root: Path, tmp_path: Path
-) -> None:
+def test_install_replaces_the_planned_file_and_sets_its_mtime(root: Path, tmp_path: Path) -> None:
     put(root, "a.csv", b"old")
     expected = local_file(root, "a.csv")
     tmp = download(tmp_path, b"new content")

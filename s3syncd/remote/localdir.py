@@ -387,14 +387,23 @@ class LocalDirRemote(Remote):
             source = open(src, "rb")  # noqa: SIM115 - closed by the with below
         except OSError as exc:
             raise TransferError(f"cannot read {src}: {exc.strerror or exc}") from exc
+
+        def fill(fh: IO[bytes]) -> str:
+            got = _copy_stream(source, fh, progress)
+            if got != md5.lower():
+                # Like S3's Content-MD5: bytes that are not the content the caller hashed
+                # (a file saved again while it was read) never replace the object.
+                raise TransferError(
+                    f"upload {key}: the bytes read (MD5 {got}) are not the expected {md5}; "
+                    "the file changed while it was sent"
+                )
+            return got
+
         with source:
             try:
-                obj = self._install(key, lambda fh: _copy_stream(source, fh, progress))
+                obj = self._install(key, fill)
             except OSError as exc:
                 raise _translate_os(exc, f"upload {key}") from exc
-        if obj.md5 != md5.lower():
-            # The ETag is always the real content's MD5; the caller compares and decides.
-            log.warning("upload %s: content MD5 %s differs from the expected %s", key, obj.md5, md5)
         log.debug("uploaded %s to %s", src, key)
         return obj
 

@@ -426,7 +426,12 @@ class S3Remote(Remote):
         return obj
 
     def _put_small(
-        self, src: Path, key: str, full: str, md5: str, size: int,
+        self,
+        src: Path,
+        key: str,
+        full: str,
+        md5: str,
+        size: int,
         progress: ProgressCallback | None,
     ) -> RemoteObject:
         # Content-MD5 makes the server refuse bytes that are not the content we hashed,
@@ -434,7 +439,10 @@ class S3Remote(Remote):
         digest = base64.b64encode(bytes.fromhex(md5)).decode()
         with src.open("rb") as fh, self._translated(f"upload {key}"):
             reply = self._client.put_object(
-                Bucket=self.bucket, Key=full, Body=fh, ContentMD5=digest,
+                Bucket=self.bucket,
+                Key=full,
+                Body=fh,
+                ContentMD5=digest,
                 Metadata={MD5_METADATA: md5},
             )
         if progress is not None:
