@@ -158,10 +158,16 @@ class Engine:
         """Re-examine the given paths (from the watcher); True if the local table changed."""
         with self.lock:
             before = dict(self.index)
-        after, skipped = localfs.rescan_paths(self.cfg.datafolder, paths, before, self._ignored)
+        wanted = set(paths)
+        after, skipped = localfs.rescan_paths(self.cfg.datafolder, wanted, before, self._ignored)
         with self.lock:
             changed = after != self.index
             self.index = after
+            # Re-examined paths are judged afresh: forget why they were skipped before.
+            for p in [s for s in self.skipped if _under_any(s, wanted)]:
+                changed = True
+                del self.skipped[p]
+            changed = changed or bool(skipped)
             self.skipped.update(skipped)
             if changed:
                 self._save_local_tables()
@@ -245,7 +251,11 @@ class Engine:
         return reconcile(base, local, view, self.user)
 
     def _keep(self, path: str) -> bool:
-        return not is_legacy_excluded(path) and not self.ignore.matches(path)
+        if is_legacy_excluded(path) or self.ignore.matches(path):
+            return False
+        # A path we could not read (or below a folder we could not list) has an unknown
+        # local state: acting on it either way could lose a version.
+        return not (self.skipped and _under_any(path, set(self.skipped)))
 
     def apply_agreement(self, plan: Plan) -> None:
         """Record what both sides already agree on (no transfer needed)."""
@@ -264,7 +274,7 @@ class Engine:
     # --- execution ----------------------------------------------------------------------
     def stale_remote(self, actions: Sequence[Action]) -> set[str]:
         """Ids of actions whose remote facts no longer hold (one conditional GET)."""
-        self.refresh_remote(listing=False)
+        self.refresh_remote(listing=True)
         with self.lock:
             rows = self.manifest.rows if self.manifest else {}
             etag = self.manifest.etag if self.manifest else None
@@ -397,6 +407,10 @@ class Engine:
                 "base_files": len(self.base),
                 "skipped": len(self.skipped),
             }
+
+
+def _under_any(path: str, roots: set[str]) -> bool:
+    return path in roots or any(path.startswith(r + "/") for r in roots)
 
 
 def _safe(path: str) -> bool:

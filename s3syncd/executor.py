@@ -100,11 +100,15 @@ def _row_for(ctx: Context, lf: LocalFile) -> Row:
 
 def _send(ctx: Context, lf: LocalFile) -> tuple[RowChange, LocalFile]:
     localfs.check_unchanged(ctx.root, lf.path, lf)
-    ctx.remote.upload(ctx.root / lf.path, lf.path, lf.md5, ctx.progress)
+    sent = ctx.remote.upload(ctx.root / lf.path, lf.path, lf.md5, ctx.progress)
     try:
         localfs.check_unchanged(ctx.root, lf.path, lf)
     except StaleActionError:
-        raise StaleActionError(f"{lf.path} changed while uploading; not recorded") from None
+        # The file changed around the upload. Record it only if the platform vouches that
+        # the bytes it stored are exactly the version we hashed (sent.md5 is verified,
+        # None when it cannot tell); the newer save is then simply the next upload.
+        if sent.md5 != lf.md5:
+            raise StaleActionError(f"{lf.path} changed while uploading; not recorded") from None
     return RowChange(lf.path, _row_for(ctx, lf)), lf
 
 

@@ -55,12 +55,18 @@ class ScanResult:
 
 
 def _walk(
-    root: Path, rel: str, scandir: Callable[[str], Iterator[os.DirEntry[str]]]
+    root: Path,
+    rel: str,
+    scandir: Callable[[str], Iterator[os.DirEntry[str]]],
+    unlisted: dict[str, str],
 ) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Files below ``rel``; folders that cannot be listed go into ``unlisted`` (path -> why),
+    so their files are not mistaken for deleted ones."""
     try:
         entries = list(scandir(str(root / rel) if rel else str(root)))
     except OSError as exc:
         log.warning("cannot list %s: %s", root / rel, exc.strerror)
+        unlisted[rel] = f"cannot list folder: {exc.strerror or exc}"
         return
     for entry in entries:
         child = f"{rel}/{entry.name}" if rel else entry.name
@@ -68,7 +74,7 @@ def _walk(
             continue
         try:
             if entry.is_dir(follow_symlinks=False):
-                yield from _walk(root, child, scandir)
+                yield from _walk(root, child, scandir, unlisted)
             else:
                 yield child, entry
         except OSError:
@@ -122,7 +128,7 @@ def scan(
 ) -> ScanResult:
     """Every regular file under ``root`` except ``.S3/``, reusing cached MD5s."""
     result = ScanResult(files={})
-    for rel, _entry in _walk(root, "", scandir):
+    for rel, _entry in _walk(root, "", scandir, result.skipped):
         found, why = examine(root, rel, index, ignored, lstat)
         if found is not None:
             if index.get(rel) is not found:
@@ -151,7 +157,7 @@ def rescan_paths(
             # (e.g. 'run.S3/x.csv' is legacy-excluded exactly as in a full scan).
             for p in [p for p in out if p.startswith(rel + "/")]:
                 out.pop(p)
-            for child, _entry in _walk(root, rel, os.scandir):
+            for child, _entry in _walk(root, rel, os.scandir, skipped):
                 found, why = examine(root, child, files, ignored)
                 if found is not None:
                     out[child] = found

@@ -222,8 +222,13 @@ def test_create_modify_delete_and_conflicts_flow_between_two_daemons(
     )
     approve(b, item)
     assert (b.data / "sub dir" / "é.csv").read_bytes() == b"1,2\n3,4\n"
-    # B's own download must not echo back as an upload.
+    # B's own download must not echo back as an upload: once a later change of B's has
+    # come through the watcher, the downloaded file is still not proposed.
+    (b.data / "marker.txt").write_bytes(b"m")
+    wait_until(lambda: b.find("upload", "marker.txt"), what="B's watcher to catch up")
     assert b.find("upload", "sub dir/é.csv") is None
+    code, out = b.ctl("reject", b.find("upload", "marker.txt")["id"])
+    assert code == 0, out
 
     # delete
     (a.data / "sub dir" / "é.csv").unlink()

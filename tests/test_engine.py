@@ -357,33 +357,28 @@ def test_file_edited_before_its_bytes_are_sent_is_not_committed(
 
 
 @pytest.mark.parametrize("new_file", [True, False], ids=["new-file", "modified-file"])
-def test_file_edited_after_its_bytes_are_sent_is_not_committed(
+def test_file_edited_after_its_bytes_are_sent_commits_the_sent_version(
     world: World, new_file: bool
 ) -> None:
+    """The platform verified the stored bytes are the version we hashed, so that version
+    is recorded; the later save is a new local change, not part of this upload."""
     editing = EditDuringUploadRemote(world.remote_root, "after", b"late edit\n")
     editing.armed = False
     alice = world.site("alice", editing)
     if not new_file:
         alice.write("data.csv", b"v1\n")
         assert alice.sync().ok
-    base_before = alice.base()
-    rows_before = world.rows()
     alice.write("data.csv", b"v2 longer\n")
 
     editing.armed = True
     summary = alice.sync()
-    assert [a.path for a, _ in summary.failed] == ["data.csv"]
-    assert alice.base() == base_before
-    assert world.rows() == rows_before
+    assert summary.ok
+    assert world.rows()["data.csv"].checksum == md5(b"v2 longer\n")
+    assert world.obj("data.csv").read_bytes() == b"v2 longer\n"
+    assert alice.base()["data.csv"] == md5(b"v2 longer\n")
     assert alice.read("data.csv") == b"v2 longer\nlate edit\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an upload found stale after sending leaves its object on the remote with "
-    "no (or an outdated) row; the next pass sees that object as someone else's change and "
-    "proposes a conflict against the user's own newer save instead of uploading it",
-)
 @pytest.mark.parametrize("new_file", [True, False], ids=["new-file", "modified-file"])
 def test_file_edited_after_its_bytes_are_sent_is_uploaded_next_pass(
     world: World, new_file: bool
@@ -1181,12 +1176,6 @@ def test_synced_file_that_turns_unreadable_is_not_deleted_anywhere(
     assert world.obj("locked.xlsx").read_bytes() == b"v2, saved while locked\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Engine.plan() ignores Engine.skipped, so a synced file that cannot be read "
-    "is planned as 'deleted locally' (DELETE_REMOTE; counted by the delete brake, listed in "
-    "deletedLocal.csv); only the executor's re-check stops it",
-)
 def test_unreadable_synced_file_is_not_planned_as_a_delete(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1207,11 +1196,6 @@ def test_unreadable_synced_file_is_not_planned_as_a_delete(
     assert summary.planned == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: localfs._walk drops a folder it cannot list without reporting it, so every "
-    "synced file below it is planned as 'deleted locally'",
-)
 def test_unlistable_folder_is_not_planned_as_deletes(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -88,7 +88,11 @@ class Remote(ABC):
     def upload(
         self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None
     ) -> RemoteObject:
-        """Store ``src`` at ``key`` (multipart when large), recording ``md5`` as metadata."""
+        """Store ``src`` at ``key`` (multipart when large), recording ``md5`` as metadata.
+
+        The returned object's ``md5`` is set only when the platform verified that the
+        stored bytes have that MD5 (None when it cannot tell, e.g. multipart).
+        """
 
     @abstractmethod
     def delete(self, key: str) -> None:
