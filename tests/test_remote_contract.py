@@ -165,7 +165,9 @@ def test_multipart_upload_keeps_md5(remote: Remote, tmp_path: Path) -> None:
     data = os.urandom(11 * MiB)
     md5 = md5_of(data)
     obj = remote.upload(write_file(tmp_path / "big.bin", data), "big.bin", md5)
-    assert (obj.size, obj.md5) == (len(data), md5)
+    # upload() vouches for the MD5 only when the platform verified the stored bytes;
+    # S3 multipart parts are not checked against it.
+    assert (obj.size, obj.md5) == (len(data), None if remote.name == "S3" else md5)
     stat = remote.stat("big.bin")
     assert stat is not None and stat.md5 == md5
     if remote.name == "S3":
