@@ -136,7 +136,8 @@ def show_status(st: dict[str, Any]) -> None:
     _out(f"s3syncd {st['name']}: {st['state']}")
     _out(f"  folder      {st['datafolder']}")
     _out(f"  remote      {st['remote']} (as {st['user']})")
-    _out(f"  last poll   {st['last_poll'] or 'never'} ({st['last_poll_result']})")
+    link = "connected" if st.get("connected", True) else "NOT CONNECTED"
+    _out(f"  last poll   {st['last_poll'] or 'never'} ({st['last_poll_result']}; {link})")
     _out(
         f"  pending     {st['pending']} waiting for approval, {st['approved']} approved, "
         f"{st['failed']} failed"

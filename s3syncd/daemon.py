@@ -410,6 +410,7 @@ class Daemon:
                     1 for e in pending if e.state in (EntryState.APPROVED, EntryState.RUNNING)
                 ),
                 "failed": sum(1 for e in pending if e.state is EntryState.FAILED),
+                "connected": not self.last_poll_result.startswith("error"),
                 "last_poll": _iso(self.last_poll),
                 "last_poll_result": self.last_poll_result,
                 "last_rescan": _iso(self.last_rescan),
