@@ -27,6 +27,7 @@ from s3syncd.errors import (
     EndpointError,
     PreconditionFailedError,
     RemoteNotFoundError,
+    SyncError,
     UnsafePathError,
 )
 from s3syncd.remote import platform_class
@@ -161,13 +162,28 @@ def test_upload_download_roundtrip_with_progress(remote: Remote, tmp_path: Path)
     assert sum(received) == len(data)
 
 
+@pytest.mark.parametrize("size", [1 * MiB, 11 * MiB], ids=["single", "multipart"])
+def test_upload_never_vouches_for_content_it_did_not_store(
+    remote: Remote, tmp_path: Path, size: int
+) -> None:
+    """The file changed after it was hashed: the platform must refuse the upload or
+    report the MD5 of what it really stored, never the planned one."""
+    hashed = os.urandom(size)
+    planned = md5_of(hashed)
+    src = write_file(tmp_path / "live.bin", hashed[:-4096] + os.urandom(4096))
+    try:
+        obj = remote.upload(src, "live.bin", planned)
+    except SyncError:
+        return
+    assert obj.md5 == md5_of(src.read_bytes()) != planned
+
+
 def test_multipart_upload_keeps_md5(remote: Remote, tmp_path: Path) -> None:
     data = os.urandom(11 * MiB)
     md5 = md5_of(data)
     obj = remote.upload(write_file(tmp_path / "big.bin", data), "big.bin", md5)
-    # upload() vouches for the MD5 only when the platform verified the stored bytes;
-    # S3 multipart parts are not checked against it.
-    assert (obj.size, obj.md5) == (len(data), None if remote.name == "S3" else md5)
+    # upload() reports the MD5 of the bytes it actually stored.
+    assert (obj.size, obj.md5) == (len(data), md5)
     stat = remote.stat("big.bin")
     assert stat is not None and stat.md5 == md5
     if remote.name == "S3":

@@ -90,8 +90,9 @@ class Remote(ABC):
     ) -> RemoteObject:
         """Store ``src`` at ``key`` (multipart when large), recording ``md5`` as metadata.
 
-        The returned object's ``md5`` is set only when the platform verified that the
-        stored bytes have that MD5 (None when it cannot tell, e.g. multipart).
+        The returned object's ``md5`` is the MD5 of the bytes actually stored (which
+        differs from ``md5`` if the file changed while it was read), or None when the
+        platform cannot tell.
         """
 
     @abstractmethod

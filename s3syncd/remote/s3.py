@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import boto3
@@ -183,6 +183,32 @@ def _translate(exc: BaseException, what: str, bucket: str, endpoint: str) -> Syn
     if isinstance(exc, BotoCoreError):
         return RemoteError(f"{what} failed: {exc}")
     return RemoteError(f"{what} failed: {type(exc).__name__}")
+
+
+class _HashingReader:
+    """A read-only, non-seekable view of a file that hashes what the transfer reads.
+
+    Being non-seekable makes s3transfer read the parts once, in order, so the digest
+    covers exactly the bytes that were sent.
+    """
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self._md5 = hashlib.md5(usedforsecurity=False)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fh.read(size)
+        self._md5.update(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def hexdigest(self) -> str:
+        return self._md5.hexdigest()
 
 
 class S3Remote(Remote):
@@ -407,9 +433,10 @@ class S3Remote(Remote):
             size = src.stat().st_size
             if size < self._transfer.multipart_threshold:
                 return self._put_small(src, key, full, md5, size, progress)
-            with self._translated(f"upload {key}"):
-                self._client.upload_file(
-                    str(src),
+            with src.open("rb") as fh, self._translated(f"upload {key}"):
+                reader = _HashingReader(fh)
+                self._client.upload_fileobj(
+                    cast(BinaryIO, reader),  # only read() is used
                     self.bucket,
                     full,
                     ExtraArgs={"Metadata": {MD5_METADATA: md5}},
@@ -419,12 +446,15 @@ class S3Remote(Remote):
         except OSError as exc:
             raise TransferError(f"cannot read {src}: {exc.strerror or exc}") from exc
         log.debug("uploaded %s to %s", src, key)
-        # The multipart ETag is not known from upload_file; one HEAD gives the facts.
+        # The multipart ETag is not known from the transfer; one HEAD gives the facts.
         obj = self.stat(key)
         if obj is None:
             raise RemoteNotFoundError(f"upload {key}: the object vanished right after upload")
-        # Nothing checked the parts against our MD5, so do not vouch for the content.
-        return RemoteObject(obj.key, obj.size, obj.etag, None)
+        sent = reader.hexdigest()
+        if sent != md5:
+            log.warning("%s changed while it was uploaded; the stored copy is not %s", key, md5)
+        # The MD5 of the bytes actually sent, read once in order: what the object holds.
+        return RemoteObject(obj.key, obj.size, obj.etag, sent)
 
     def _put_small(
         self,
