@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -139,6 +140,11 @@ def _setup_logging(verbose: int) -> None:
     )
 
 
+def _toml(text: str) -> str:
+    # A JSON string is a valid TOML basic string (quotes, backslashes, unicode escaped).
+    return json.dumps(text, ensure_ascii=False)
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.config) if args.config else _default_config()
     if path.exists() and not args.force:
@@ -154,12 +160,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     platform = value(args.platform, "Platform (S3 or Local)", "S3")
     lines = [
-        f'datafolder = "{value(args.datafolder, "Data folder", "Data")}"',
-        f'platform = "{platform}"',
+        f"datafolder = {_toml(value(args.datafolder, 'Data folder', 'Data'))}",
+        f"platform = {_toml(platform)}",
     ]
     user = value(args.user_name, "Your name (recorded as 'Edited By')", os.environ.get("USER", ""))
     if user:
-        lines.append(f'user_name = "{user}"')
+        lines.append(f"user_name = {_toml(user)}")
     if platform == "S3":
         bucket = value(args.bucket, "S3 bucket", "")
         if not bucket:
@@ -167,8 +173,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         lines += [
             "",
             "[s3]",
-            f'bucket = "{bucket}"',
-            f'prefix = "{value(args.prefix, "S3 prefix", "")}"',
+            f"bucket = {_toml(bucket)}",
+            f"prefix = {_toml(value(args.prefix, 'S3 prefix', ''))}",
         ]
         for key, given in (
             ("endpoint_url", args.endpoint_url),
@@ -176,12 +182,12 @@ def cmd_init(args: argparse.Namespace) -> int:
             ("profile", args.profile),
         ):
             if given:
-                lines.append(f'{key} = "{given}"')
+                lines.append(f"{key} = {_toml(given)}")
     else:
         remote = value(args.remote_path, "Remote folder", "")
         if not remote:
             raise SyncError("a remote folder is required (pass --remote-path)")
-        lines += ["", "[local]", f'remote_path = "{remote}"']
+        lines += ["", "[local]", f"remote_path = {_toml(remote)}"]
     lines += ["", "[policy]", "auto_approve = []", "max_delete_percent = 50", ""]
     text = "\n".join(lines)
     from s3syncd.atomicfile import write_atomic
