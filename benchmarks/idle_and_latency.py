@@ -54,14 +54,14 @@ def ctl(config: Path, *args: str) -> Any:
     return result
 
 
-def wait(cond: Any, timeout: float = 60.0) -> Any:
+def wait(cond: Any, timeout: float = 60.0, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = cond()
         if value:
             return value
         time.sleep(0.02)
-    raise SystemExit("timed out")
+    raise SystemExit(f"timed out waiting for {what or cond}")
 
 
 def write_config(path: Path, folder: str, user: str, endpoint: str, bucket: str) -> None:
@@ -106,7 +106,7 @@ def main() -> None:
         for cfg in (a_cfg, b_cfg):
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "s3syncd", "run", "--config", str(cfg)], env=env,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                stdout=subprocess.DEVNULL, stderr=(work / f"{cfg.stem}.log").open("wb")))
         for cfg in (a_cfg, b_cfg):
             wait(lambda c=cfg: ctl(c, "status", "--json"))
 
@@ -119,11 +119,11 @@ def main() -> None:
             name = f"lat{n}.txt"
             t0 = time.perf_counter()
             (a / name).write_text(f"{n}")
-            item = wait(lambda nm=name: find(a_cfg, "upload", nm))
+            item = wait(lambda nm=name: find(a_cfg, "upload", nm), what=f"A: upload {name}")
             lat_local.append(time.perf_counter() - t0)
             ctl(a_cfg, "approve", item["id"])
             t0 = time.perf_counter()
-            item = wait(lambda nm=name: find(b_cfg, "download", nm))
+            item = wait(lambda nm=name: find(b_cfg, "download", nm), what=f"B: download {name}")
             lat_remote.append(time.perf_counter() - t0)
             ctl(b_cfg, "approve", item["id"])
         print(f"local change -> pending upload: max {max(lat_local):.2f} s "
@@ -153,6 +153,7 @@ def main() -> None:
             p.wait(timeout=30)
         client.close()
         server.stop()
+        print(f"daemon logs: {work}/a.log, {work}/b.log")
 
 
 if __name__ == "__main__":

@@ -178,8 +178,9 @@ class Daemon:
         )
         self._watcher.start()
         self._start_scheduler()
-        # Anything approved before a restart runs now.
-        self.submit("execute", lambda: None)
+        # Catch what changed while we started (before the watches were in place); the
+        # worker then also runs anything approved before a restart.
+        self.submit("rescan", self._rescan)
         log.info(
             "s3syncd serving %s on %s (socket %s)",
             self.cfg.datafolder,

@@ -31,6 +31,7 @@ The daemon's periodic full rescan remains the safety net for anything not detect
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -93,6 +94,11 @@ def collapse(paths: Iterable[str]) -> set[str]:
         if cut <= 0:
             out.add(path)
     return out
+
+
+# Written in the excluded state folder to learn when inotify watches are in place.
+_PROBE = ".watch-probe"
+_READY_TIMEOUT = 5.0
 
 
 class _Sink(FileSystemEventHandler):
@@ -166,6 +172,7 @@ class Watcher:
         self._observer: BaseObserver | None = None
         self._watch_threads: tuple[threading.Thread, ...] = ()
         self._root_id: tuple[int, int] | None = None
+        self._ready = threading.Event()
         self._last_restart = float("-inf")
 
         self._thread: threading.Thread | None = None
@@ -203,7 +210,32 @@ class Watcher:
             target=self._run, name="s3syncd-watch-debounce", daemon=True
         )
         self._thread.start()
+        self._await_watches()
         log.info("watching %s (debounce %.1f s)", self._root, self._debounce)
+
+    def _await_watches(self) -> None:
+        """Return once inotify reports events, so no change made after start() is missed.
+
+        watchdog adds its watches in the emitter thread, after ``observer.start()`` has
+        returned; a file written in between would go unseen until the hourly rescan. A
+        probe file in the (excluded) state folder tells us when events flow.
+        """
+        folder = self._root / self._exclude
+        if not folder.is_dir():
+            return
+        probe = folder / _PROBE
+        deadline = time.monotonic() + _READY_TIMEOUT
+        try:
+            while not self._ready.wait(0.02):
+                probe.write_bytes(b"")
+                if time.monotonic() > deadline:
+                    log.warning("no filesystem events from %s yet; relying on rescans", folder)
+                    return
+        except OSError as exc:
+            log.warning("cannot probe %s: %s", folder, exc)
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
 
     def stop(self) -> None:
         """Stop both threads and join them. Pending paths stay for a later ``flush()``."""
@@ -223,6 +255,10 @@ class Watcher:
         """Deliver what is pending now, in the calling thread (tests, shutdown)."""
         self._check_health()
         self._deliver()
+
+    def ready(self) -> bool:
+        """True once events were seen flowing (start() waits for this when it can)."""
+        return self._ready.is_set()
 
     def pending(self) -> int:
         """How many dirty paths wait for delivery (a pending rescan counts as one)."""
@@ -385,6 +421,8 @@ class Watcher:
             if event.event_type == EVENT_TYPE_MOVED:
                 raw.append(event.dest_path)
             rels = [self._relative(os.fsdecode(p)) for p in raw]
+            if f"{self._exclude}/{_PROBE}" in rels:
+                self._ready.set()
             if "" in rels:
                 log.warning("%s was %s; rescanning", self._root, event.event_type)
             marked = [r for r in rels if r and not self._excluded(r)]

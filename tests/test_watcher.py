@@ -125,6 +125,23 @@ def test_create_modify_delete_are_reported(
     assert c.rescans == 0
 
 
+def test_a_write_right_after_start_is_seen(root: Path, no_leaked_threads: None) -> None:
+    """watchdog adds its watches in a thread after start() returns; start() waits for
+    them (a probe in the state folder), so a file written at once is not missed."""
+    (root / ".S3").mkdir()
+    for i in range(10):
+        c = Collector()
+        w = Watcher(root, c.on_change, on_rescan=c.on_rescan, debounce=0.05)
+        w.start()
+        try:
+            assert w.ready()  # start() returned only once events were flowing
+            (root / f"early{i}.txt").write_text("x")
+            assert c.wait_reported(f"early{i}.txt"), f"round {i}: the write was missed"
+            assert not (root / ".S3" / ".watch-probe").exists()
+        finally:
+            w.stop()
+
+
 def test_rename_reports_both_names(
     root: Path, make_watcher: Callable[..., tuple[Watcher, Collector]]
 ) -> None:
