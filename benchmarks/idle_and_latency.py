@@ -13,8 +13,8 @@ Run: .venv/bin/python benchmarks/idle_and_latency.py [--files 2000]
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,8 +49,12 @@ def ctl(config: Path, *args: str) -> Any:
         return None
     if method == "approve":
         ids = params["ids"]
-        wait(lambda: all(a["state"] not in ("approved", "running")
-                         for a in call(sock, "status", {"ids": ids})["actions"].values()))
+        wait(
+            lambda: all(
+                a["state"] not in ("approved", "running")
+                for a in call(sock, "status", {"ids": ids})["actions"].values()
+            )
+        )
     return result
 
 
@@ -75,28 +79,37 @@ def write_config(path: Path, folder: str, user: str, endpoint: str, bucket: str)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="s3sd-bench-", dir="/tmp"))
     server = start_server()
     client = server.client()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        env = dict(os.environ, AWS_ACCESS_KEY_ID=server.access_key,
-                   AWS_SECRET_ACCESS_KEY=server.secret_key, XDG_RUNTIME_DIR=str(work))
+        env = dict(
+            os.environ,
+            AWS_ACCESS_KEY_ID=server.access_key,
+            AWS_SECRET_ACCESS_KEY=server.secret_key,
+            XDG_RUNTIME_DIR=str(work),
+        )
         os.environ.update(env)
         client.create_bucket(Bucket="bench")
         a_cfg, b_cfg = work / "a.toml", work / "b.toml"
         write_config(a_cfg, "a", "alice", server.endpoint, "bench")
         write_config(b_cfg, "b", "bob", server.endpoint, "bench")
-        a, b = work / "a", work / "b"
+        a = work / "a"
         (a / "d").mkdir(parents=True)
         for i in range(args.files):
             (a / "d" / f"f{i:05}.bin").write_bytes(os.urandom(4096))
 
         def sync(cfg: Path) -> float:
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "s3syncd", "sync", "--config", str(cfg),
-                            "--yes"], env=env, check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "s3syncd", "sync", "--config", str(cfg), "--yes"],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
             return time.perf_counter() - t0
 
         print(f"one-shot upload of {args.files} x 4 KiB: {sync(a_cfg):.2f} s")
@@ -104,9 +117,14 @@ def main() -> None:
         print(f"one-shot download on the other side: {sync(b_cfg):.2f} s")
 
         for cfg in (a_cfg, b_cfg):
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "s3syncd", "run", "--config", str(cfg)], env=env,
-                stdout=subprocess.DEVNULL, stderr=(work / f"{cfg.stem}.log").open("wb")))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "s3syncd", "run", "--config", str(cfg)],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=(work / f"{cfg.stem}.log").open("wb"),
+                )
+            )
         for cfg in (a_cfg, b_cfg):
             wait(lambda c=cfg: ctl(c, "status", "--json"))
 
@@ -126,10 +144,14 @@ def main() -> None:
             item = wait(lambda nm=name: find(b_cfg, "download", nm), what=f"B: download {name}")
             lat_remote.append(time.perf_counter() - t0)
             ctl(b_cfg, "approve", item["id"])
-        print(f"local change -> pending upload: max {max(lat_local):.2f} s "
-              f"(target {DEBOUNCE + 1:.1f} s); all {[round(x, 2) for x in lat_local]}")
-        print(f"remote change -> pending download: max {max(lat_remote):.2f} s "
-              f"(target {POLL + 1:.1f} s); all {[round(x, 2) for x in lat_remote]}")
+        print(
+            f"local change -> pending upload: max {max(lat_local):.2f} s "
+            f"(target {DEBOUNCE + 1:.1f} s); all {[round(x, 2) for x in lat_local]}"
+        )
+        print(
+            f"remote change -> pending download: max {max(lat_remote):.2f} s "
+            f"(target {POLL + 1:.1f} s); all {[round(x, 2) for x in lat_remote]}"
+        )
 
         s0 = ctl(a_cfg, "status", "--json")
         pid = s0["pid"]
@@ -143,9 +165,11 @@ def main() -> None:
         threading.Event().wait(POLL * 5)  # an idle stretch of five polls is what we measure
         s1 = ctl(a_cfg, "status", "--json")
         used = cpu() - c0
-        print(f"idle over {POLL * 5:.0f} s: {s1['remote_requests'] - s0['remote_requests']} S3 "
-              f"requests (~{POLL * 5 / POLL:.0f} polls), {used:.3f} CPU-seconds "
-              f"(includes {args.files}-file hourly jobs: none due)")
+        print(
+            f"idle over {POLL * 5:.0f} s: {s1['remote_requests'] - s0['remote_requests']} S3 "
+            f"requests (~{POLL * 5 / POLL:.0f} polls), {used:.3f} CPU-seconds "
+            f"(includes {args.files}-file hourly jobs: none due)"
+        )
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -153,7 +177,10 @@ def main() -> None:
             p.wait(timeout=30)
         client.close()
         server.stop()
-        print(f"daemon logs: {work}/a.log, {work}/b.log")
+        if args.keep:
+            print(f"daemon logs: {work}/a.log, {work}/b.log")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
