@@ -370,6 +370,14 @@ class Engine:
         from s3syncd.atomicfile import write_atomic
 
         rows = tables.parse_table(written.data, "versions.csv")
+        lost = set(tables.legacy_unsafe_paths(rows.values())) & {c.path for c in changes}
+        for path in sorted(lost):
+            # We cannot rename the user's file; say so once per commit that adds it.
+            log.warning(
+                "%s is synced, but the original s3synchrony package will not see it "
+                "(pandas reads that name as a missing value or a number)",
+                path,
+            )
         with self.lock:
             old = self.manifest
             tomb_rows = old.tombstones if old else {}
