@@ -566,3 +566,31 @@ def test_local_md5_follows_changes_made_by_others(tmp_path: Path) -> None:
     write_file(tmp_path / "tmp", b"two")
     os.replace(tmp_path / "tmp", tmp_path / "f.txt")
     assert remote.list()["f.txt"].md5 == md5_of(b"two")
+
+
+@pytest.mark.s3
+def test_s3_check_aborts_abandoned_multipart_uploads(
+    s3_server: S3Server, s3_bucket: str, s3_client: S3Client
+) -> None:
+    """A transfer killed mid-way leaves parts behind; the next start-up removes them,
+    but only under our prefix and only once they are old enough."""
+    mine = s3_client.create_multipart_upload(Bucket=s3_bucket, Key="ours/big.bin")["UploadId"]
+    other = s3_client.create_multipart_upload(Bucket=s3_bucket, Key="theirs/x.bin")["UploadId"]
+    young = make_s3_remote(s3_server, s3_bucket, "ours")
+    old = make_s3_remote(s3_server, s3_bucket, "ours", stale_upload_age=0)
+    try:
+        young.check()
+        ids = {
+            u["UploadId"]
+            for u in s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+        }
+        assert {mine, other} <= ids
+        old.check()
+        ids = {
+            u["UploadId"]
+            for u in s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+        }
+        assert mine not in ids and other in ids
+    finally:
+        young.close()
+        old.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import hashlib
 import logging
 import re
@@ -230,6 +231,7 @@ class S3Remote(Remote):
         multipart_chunksize: int | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         copy_threshold: int = MAX_SINGLE_COPY,
+        stale_upload_age: float = 86400.0,
     ) -> None:
         if not bucket or "/" in bucket:
             raise ConfigError(f"invalid S3 bucket name {bucket!r}")
@@ -242,6 +244,7 @@ class S3Remote(Remote):
             max_concurrency=max_concurrency,
         )
         self._copy_threshold = min(copy_threshold, MAX_SINGLE_COPY)
+        self._stale_upload_age = stale_upload_age
         # Whether CopyObject accepts If-None-Match: assumed until a server says otherwise.
         self._copy_if_none_match = True
         self._conditional: bool | None = None
@@ -369,6 +372,29 @@ class S3Remote(Remote):
             raise self._error(exc, f"checking bucket '{self.bucket}'") from exc
         except (BotoCoreError, Boto3Error) as exc:
             raise self._error(exc, f"checking bucket '{self.bucket}'") from exc
+        self._abort_abandoned_uploads()
+
+    def _abort_abandoned_uploads(self) -> None:
+        """Abort multipart uploads under our prefix older than ``stale_upload_age``.
+
+        A transfer killed mid-way leaves its parts stored (and billed) forever; nothing
+        else will ever complete them. Best effort: a refusal is logged, never fatal.
+        """
+        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=self._stale_upload_age)
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        try:
+            pages = self._client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for up in page.get("Uploads", []):
+                    if up["Initiated"] <= cutoff:
+                        self._client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]
+                        )
+                        log.info("aborted an abandoned upload of %s", up["Key"])
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
+            log.warning("could not clean up abandoned uploads: %s", exc)
 
     def list(self, under: str = "") -> dict[str, RemoteObject]:
         if under.startswith("/") or ".." in under.split("/"):
