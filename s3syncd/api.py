@@ -320,13 +320,13 @@ def reset_all(
     values = {} if config else _settings(platform, aws_bkt, aws_prfx, datafolder, settings)
     cfg = load_config(Path(config) if config else None, values)
     rem = build_remote(cfg)
-    if not yes:
-        if not sys.stdin.isatty():
-            raise ConfigError("reset needs confirmation: pass yes=True (or --yes)")
+    try:
         question = f"Remove all sync state in {cfg.state_dir} and on {rem.describe()}?"
-        if not interactive.confirm(question, input):
+        if not yes and not interactive.confirm_reset(question, flag="yes=True"):
             _stdout("Reset cancelled.")
             return False
-    for item in reset(cfg, purge_deleted=purge_deleted, remote=rem):
-        _stdout(f"removed {item}")
+        for item in reset(cfg, purge_deleted=purge_deleted, remote=rem):
+            _stdout(f"removed {item}")
+    finally:
+        rem.close()
     return True

@@ -209,20 +209,19 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
+    from s3syncd import interactive
+
     cfg = load_config(_config_path(args), _overrides(args))
     remote = api.build_remote(cfg)
-    if not args.yes:
-        from s3syncd import interactive
-
-        if not sys.stdin.isatty():
-            raise SyncError("reset needs confirmation: run it on a terminal or pass --yes")
-        if not interactive.confirm(
-            f"Remove all sync state in {cfg.state_dir} and on {remote.describe()}?", input
-        ):
+    try:
+        question = f"Remove all sync state in {cfg.state_dir} and on {remote.describe()}?"
+        if not args.yes and not interactive.confirm_reset(question):
             _out("Reset cancelled.")
             return EXIT_OK
-    for item in api.reset(cfg, purge_deleted=args.purge_deleted, remote=remote):
-        _out(f"removed {item}")
+        for item in api.reset(cfg, purge_deleted=args.purge_deleted, remote=remote):
+            _out(f"removed {item}")
+    finally:
+        remote.close()
     return EXIT_OK
 
 

@@ -281,14 +281,12 @@ def _dispatch(ctl: Ctl, args: argparse.Namespace) -> int:
         _out(ctl.call(cmd)["state"])
         return EXIT_OK
     if cmd == "reset":
-        if not args.yes:
-            from s3syncd.interactive import confirm
+        from s3syncd.interactive import confirm_reset
 
-            if not sys.stdin.isatty():
-                raise SyncError("reset needs confirmation: run it on a terminal or pass --yes")
-            if not confirm("Remove all sync state locally and on the remote?", input):
-                _out("Reset cancelled.")
-                return EXIT_OK
+        question = "Remove all sync state locally and on the remote?"
+        if not args.yes and not confirm_reset(question):
+            _out("Reset cancelled.")
+            return EXIT_OK
         res = ctl.call("reset", {"yes": True, "purge_deleted": args.purge_deleted})
         for item in res["removed"]:
             _out(f"removed {item}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 
+from s3syncd.errors import ConfigError
 from s3syncd.model import Action, ActionKind, Resolution
 
 Ask = Callable[[str], str]
@@ -85,3 +87,10 @@ def resolve(action: Action, ask: Ask, say: Say) -> Resolution | None:
 
 def confirm(question: str, ask: Ask) -> bool:
     return ask(f"{question} (y/N): ").strip().lower() in ("y", "yes")
+
+
+def confirm_reset(question: str, flag: str = "--yes") -> bool:
+    """Ask on the terminal before a reset; without one, refuse rather than guess."""
+    if not sys.stdin.isatty():
+        raise ConfigError(f"reset needs confirmation: run it on a terminal or pass {flag}")
+    return confirm(question, input)
