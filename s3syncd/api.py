@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from s3syncd.engine import Engine
 from s3syncd.errors import ConfigError
 from s3syncd.model import APPROVABLE_KINDS, DELETE_KINDS, Action, ActionKind, Resolution
 from s3syncd.remote.base import STATE_PREFIX, TRASH_PREFIX, Remote
+from s3syncd.state import StateDir
 
 log = logging.getLogger(__name__)
 
@@ -259,19 +259,6 @@ def smart_sync(
     return run_once(cfg, auto=_auto_kinds(auto_approve), dry_run=dry_run, ask=ask)
 
 
-LOCAL_STATE_FILES = (
-    "versions.csv",
-    "versionsLocal.csv",
-    "deletedS3.csv",
-    "deletedLocal.csv",
-    "sync-base.json",
-    "sync-index.json",
-    "sync-remote.json",
-    "sync-journal.json",
-    "sync-queue.json",
-)
-
-
 def reset(cfg: Config, *, purge_deleted: bool = False, remote: Remote | None = None) -> list[str]:
     """Remove sync state locally and on the remote; data files are never touched.
 
@@ -295,12 +282,7 @@ def _reset(cfg: Config, rem: Remote, purge_deleted: bool) -> list[str]:
             continue
         rem.delete(full)
         removed.append(f"remote {full}")
-    for name in LOCAL_STATE_FILES:
-        path = cfg.state_dir / name
-        if path.exists():
-            path.unlink()
-            removed.append(f"local .S3/{name}")
-    shutil.rmtree(cfg.state_dir / "tmp", ignore_errors=True)
+    removed += [f"local {name}" for name in StateDir(cfg.datafolder).remove_sync_state()]
     log.info("reset: removed %d item(s)", len(removed))
     return removed
 

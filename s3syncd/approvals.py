@@ -10,7 +10,7 @@ from typing import Any
 from s3syncd.config import Policy
 from s3syncd.errors import UnknownActionError
 from s3syncd.model import DELETE_KINDS, Action, ActionKind, LocalFile, Resolution, Row
-from s3syncd.state import StateDir
+from s3syncd.state import QUEUE_FILE, StateDir
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,17 +91,13 @@ class Entry:
         )
 
 
-def _row_json(row: Row | None) -> list[str] | None:
-    return None if row is None else [row.path, row.edited_by, row.time_edited, row.checksum]
-
-
 def action_to_json(a: Action) -> dict[str, Any]:
     return {
         "kind": a.kind.value,
         "path": a.path,
         "reason": a.reason,
         "local": None if a.local is None else [a.local.size, a.local.mtime_ns, a.local.md5],
-        "remote": _row_json(a.remote),
+        "remote": a.remote.to_list() if a.remote else None,
         "remote_md5": a.remote_md5,
         "base_md5": a.base_md5,
         "manifest_etag": a.manifest_etag,
@@ -119,7 +115,7 @@ def action_from_json(d: Mapping[str, Any]) -> Action:
         local=None
         if local is None
         else LocalFile(str(d["path"]), int(local[0]), int(local[1]), str(local[2])),
-        remote=None if remote is None else Row(*(str(v) for v in remote)),
+        remote=None if remote is None else Row.from_list(remote),
         remote_md5=d.get("remote_md5"),
         base_md5=d.get("base_md5"),
         manifest_etag=d.get("manifest_etag"),
@@ -136,15 +132,13 @@ class ApprovalQueue:
     thread and request handlers share it under the daemon's lock.
     """
 
-    FILE = "sync-queue.json"
-
     def __init__(self, state: StateDir) -> None:
         self.state = state
         self.entries: dict[str, Entry] = {}
         self.rejected: set[str] = set()
 
     def load(self) -> None:
-        data = self.state.read_json(self.FILE)
+        data = self.state.read_json(QUEUE_FILE)
         self.entries = {}
         for raw in data.get("entries", []):
             entry = Entry.from_json(raw)
@@ -155,7 +149,7 @@ class ApprovalQueue:
 
     def save(self) -> None:
         self.state.write_json(
-            self.FILE,
+            QUEUE_FILE,
             {
                 "entries": [e.to_json() for e in self.entries.values()],
                 "rejected": sorted(self.rejected),

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from s3syncd import executor, localfs, manifest, tables
+from s3syncd.atomicfile import write_atomic
 from s3syncd.config import Config
 from s3syncd.errors import SyncError, UnsafePathError
 from s3syncd.executor import Outcome
@@ -104,7 +105,7 @@ class Engine:
             return
         if manifest.ensure_initialised(self.remote):
             log.info("initialised an empty manifest at %s", self.remote.describe())
-        if not self.state.file("sync-base.json").exists():
+        if not self.state.has_base():
             # First run of s3syncd on this folder: never again take versionsLocal.csv
             # (which we write ourselves) for an agreed state.
             with self.lock:
@@ -203,13 +204,8 @@ class Engine:
                 self._relist()
             return False
         with self.lock:
-            self.manifest = fresh
             self.objects = None
-            self.state.save_remote_meta({"manifest_etag": fresh.etag})
-        from s3syncd.atomicfile import write_atomic
-
-        write_atomic(self.state.versions, fresh.raw_rows)
-        write_atomic(self.state.deleted_remote, fresh.raw_tombstones)
+        self._store(fresh)
         if listing:
             self._relist()
         return True
@@ -363,14 +359,15 @@ class Engine:
             self._save_local_tables()
 
     def _commit(self, changes: list[RowChange]) -> None:
-        written, tombs = manifest.commit(self.remote, changes, verify=not self.conditional_writes)
+        with self.lock:
+            previous = self.manifest
+        written = manifest.commit(
+            self.remote, changes, previous, verify=not self.conditional_writes
+        )
         self.state.save_journal([])
         if written is None:
             return
-        from s3syncd.atomicfile import write_atomic
-
-        rows = tables.parse_table(written.data, "versions.csv")
-        lost = set(tables.legacy_unsafe_paths(rows.values())) & {c.path for c in changes}
+        lost = set(tables.legacy_unsafe_paths(written.rows.values())) & {c.path for c in changes}
         for path in sorted(lost):
             # We cannot rename the user's file; say so once per commit that adds it.
             log.warning(
@@ -379,19 +376,6 @@ class Engine:
                 path,
             )
         with self.lock:
-            old = self.manifest
-            tomb_rows = old.tombstones if old else {}
-            raw_tombs = old.raw_tombstones if old else tables.render_rows([])
-            if tombs is not None:
-                tomb_rows = tables.parse_table(tombs.data, "deletedS3.csv")
-                raw_tombs = tombs.data
-            self.manifest = manifest.Manifest(
-                rows={p: r for p, r in rows.items() if _safe(p)},
-                tombstones=tomb_rows,
-                etag=written.etag,
-                raw_rows=written.data,
-                raw_tombstones=raw_tombs,
-            )
             if self.objects is not None:
                 for c in changes:
                     if c.row is None:
@@ -399,9 +383,14 @@ class Engine:
                     else:
                         # We just wrote this object: the listing must not contradict it.
                         self.objects[c.path] = RemoteObject(c.path, -1, "", c.row.checksum)
-            self.state.save_remote_meta({"manifest_etag": written.etag})
-        write_atomic(self.state.versions, written.data)
-        write_atomic(self.state.deleted_remote, raw_tombs)
+        self._store(written)
+
+    def _store(self, fresh: manifest.Manifest) -> None:
+        """Adopt a manifest just read or written, and keep the legacy local copies."""
+        with self.lock:
+            self.manifest = fresh
+        write_atomic(self.state.versions, fresh.raw_rows)
+        write_atomic(self.state.deleted_remote, fresh.raw_tombstones)
 
     def _stamp(self) -> str:
         return time.strftime("%Y%m%d-%H%M%S", time.localtime(self.clock()))

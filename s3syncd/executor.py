@@ -29,7 +29,7 @@ from s3syncd.errors import (
     SyncError,
     TransferError,
 )
-from s3syncd.model import Action, ActionKind, LocalFile, Resolution, Row
+from s3syncd.model import Action, ActionKind, LocalFile, Resolution, Row, tagged_name
 from s3syncd.reconcile import UNKNOWN_MD5
 from s3syncd.remote.base import TRASH_PREFIX, ProgressCallback, Remote
 from s3syncd.state import RowChange, StateDir
@@ -151,16 +151,9 @@ def _download(ctx: Context, action: Action) -> Outcome:
 
 def trash_key(ctx: Context, path: str) -> str:
     """Copy the object into ``.S3/deleted/<path>``, or a dated name beside an older copy."""
-    candidates = [path]
-    head, _, name = path.rpartition("/")
-    stem, dot, ext = name.rpartition(".")
-    if not stem:
-        stem, dot, ext = name, "", ""
     stamp = ctx.stamp()
-    for n in range(1, 50):
-        suffix = "" if n == 1 else f"-{n}"
-        alt = f"{stem}.deleted-{stamp}{suffix}{dot}{ext}"
-        candidates.append(f"{head}/{alt}" if head else alt)
+    candidates = [path, tagged_name(path, f"deleted-{stamp}")]
+    candidates += [tagged_name(path, f"deleted-{stamp}-{n}") for n in range(2, 50)]
     for rel in candidates:
         key = TRASH_PREFIX + rel
         try:

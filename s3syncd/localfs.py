@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from s3syncd.errors import StaleActionError, TransferError
-from s3syncd.model import STATE_DIR, TIME_FORMAT, LocalFile, is_legacy_excluded
+from s3syncd.model import STATE_DIR, TIME_FORMAT, LocalFile, is_legacy_excluded, tagged_name
 
 log = logging.getLogger(__name__)
 
@@ -235,13 +235,8 @@ def move_to_trash(root: Path, rel: str, trash: Path, stamp: str) -> Path:
 
 def conflict_name(rel: str, user: str, stamp: str) -> str:
     """``dir/name.conflict-<user>-<YYYYmmdd-HHMMSS>.ext``."""
-    head, _, base = rel.rpartition("/")
-    stem, dot, ext = base.rpartition(".")
-    if not stem:  # no extension, or a dotfile like ".env"
-        stem, dot, ext = base, "", ""
     safe_user = "".join(c if c.isalnum() or c in "-_" else "_" for c in user) or "user"
-    name = f"{stem}.conflict-{safe_user}-{stamp}{dot}{ext}"
-    return f"{head}/{name}" if head else name
+    return tagged_name(rel, f"conflict-{safe_user}-{stamp}")
 
 
 def rename_aside(root: Path, rel: str, new_rel: str) -> str:

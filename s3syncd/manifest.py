@@ -45,11 +45,18 @@ class Manifest:
     unsafe: tuple[tuple[Row, str], ...] = ()
 
 
-def _parse(blob: Blob | None, source: str) -> tuple[dict[str, Row], list[tuple[Row, str]]]:
-    if blob is None:
-        return {}, []
-    safe, unsafe = tables.split_unsafe(tables.parse_rows(blob.data, source))
+EMPTY_TABLE = tables.render_rows([])
+
+
+def _parse(data: bytes, source: str) -> tuple[dict[str, Row], list[tuple[Row, str]]]:
+    safe, unsafe = tables.split_unsafe(tables.parse_rows(data, source))
     return {r.path: r for r in safe}, unsafe
+
+
+def _build(data: bytes, etag: str | None, tomb_data: bytes) -> Manifest:
+    rows, unsafe = _parse(data, "remote .S3/versions.csv")
+    tombstones, unsafe_t = _parse(tomb_data, "remote .S3/deletedS3.csv")
+    return Manifest(rows, tombstones, etag, data, tomb_data, tuple(unsafe + unsafe_t))
 
 
 def read_manifest(remote: Remote, known_etag: str | None = None) -> Manifest | None:
@@ -64,26 +71,14 @@ def read_manifest(remote: Remote, known_etag: str | None = None) -> Manifest | N
     assert not isinstance(blob, NotModified)
     tomb_blob = remote.read_blob(TOMBSTONES_KEY)
     assert not isinstance(tomb_blob, NotModified)
-    rows, unsafe = _parse(blob, "remote .S3/versions.csv")
-    tombstones, unsafe_t = _parse(tomb_blob, "remote .S3/deletedS3.csv")
-    for row, why in unsafe + unsafe_t:
-        log.error("refusing manifest row %r: %s", row.path, why)
-    return Manifest(
-        rows=rows,
-        tombstones=tombstones,
-        etag=blob.etag if blob else None,
-        raw_rows=blob.data if blob else tables.render_rows([]),
-        raw_tombstones=tomb_blob.data if tomb_blob else tables.render_rows([]),
-        unsafe=tuple(unsafe + unsafe_t),
+    fresh = _build(
+        blob.data if blob else EMPTY_TABLE,
+        blob.etag if blob else None,
+        tomb_blob.data if tomb_blob else EMPTY_TABLE,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Committed:
-    """What a commit left on the remote: the new ETag and the bytes we wrote."""
-
-    etag: str
-    data: bytes
+    for row, why in fresh.unsafe:
+        log.error("refusing manifest row %r: %s", row.path, why)
+    return fresh
 
 
 def _renderable(rows: list[Row], key: str) -> list[Row]:
@@ -101,6 +96,14 @@ def _renderable(rows: list[Row], key: str) -> list[Row]:
         except ValueError:
             log.error("dropping unusable row %r from %s: %s", row.path, key, why)
     return kept
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What a conditional write left on the remote: the new ETag and the bytes we wrote."""
+
+    etag: str
+    data: bytes
 
 
 def _cas_update(
@@ -138,20 +141,23 @@ def _cas_update(
 def commit(
     remote: Remote,
     changes: Sequence[RowChange],
+    previous: Manifest | None,
     sleep: Callable[[float], None] = time.sleep,
     verify: bool = False,
-) -> tuple[Committed | None, Committed | None]:
-    """Apply our row changes to the remote tables: (manifest, tombstones) as written.
+) -> Manifest | None:
+    """Apply our row changes to the remote tables; returns the manifest as written.
 
     Tombstones are written first: a crash between the two writes leaves a row whose
     object is gone, which reconcile treats as deleted, never as new.
     """
     if not changes:
-        return None, None
+        return None
     tombs = [c.tombstone for c in changes if c.tombstone is not None]
-    tomb_result = None
+    tomb_data = previous.raw_tombstones if previous else EMPTY_TABLE
     if tombs:
-        tomb_result = _cas_update(remote, TOMBSTONES_KEY, lambda rows: rows + tombs, sleep, verify)
+        tomb_data = _cas_update(
+            remote, TOMBSTONES_KEY, lambda rows: rows + tombs, sleep, verify
+        ).data
     by_path = {c.path: c for c in changes}
 
     def apply(rows: list[Row]) -> list[Row]:
@@ -159,7 +165,8 @@ def commit(
         kept += [c.row for c in by_path.values() if c.row is not None]
         return kept
 
-    return _cas_update(remote, MANIFEST_KEY, apply, sleep, verify), tomb_result
+    written = _cas_update(remote, MANIFEST_KEY, apply, sleep, verify)
+    return _build(written.data, written.etag, tomb_data)
 
 
 def ensure_initialised(remote: Remote) -> bool:
@@ -172,7 +179,7 @@ def ensure_initialised(remote: Remote) -> bool:
     for key in (TOMBSTONES_KEY, MANIFEST_KEY):
         if remote.read_blob(key) is None:
             try:
-                remote.write_blob(key, tables.render_rows([]), create_only=True)
+                remote.write_blob(key, EMPTY_TABLE, create_only=True)
                 created = created or key == MANIFEST_KEY
             except PreconditionFailedError:
                 pass  # another client created it first: fine

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from s3syncd.errors import UnsafePathError
@@ -44,6 +44,15 @@ class Row:
     edited_by: str
     time_edited: str
     checksum: str
+
+    def to_list(self) -> list[str]:
+        """The four cells in column order (also the JSON form in our state files)."""
+        return [self.path, self.edited_by, self.time_edited, self.checksum]
+
+    @staticmethod
+    def from_list(cells: Sequence[object]) -> Row:
+        path, edited_by, time_edited, checksum = (str(c) for c in cells)
+        return Row(path, edited_by, time_edited, checksum)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,3 +165,16 @@ def validate_rel_path(path: str) -> str:
 def is_legacy_excluded(path: str) -> bool:
     """The original skips every path containing '.S3'; such files cannot be shared with it."""
     return STATE_DIR in path
+
+
+def tagged_name(path: str, tag: str) -> str:
+    """``dir/name.<tag>.ext``: a sibling name that keeps the extension (and so the app).
+
+    A name without an extension, or a dotfile like ``.env``, gets the tag at the end.
+    """
+    head, _, name = path.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if not stem:
+        stem, dot, ext = name, "", ""
+    tagged = f"{stem}.{tag}{dot}{ext}"
+    return f"{head}/{tagged}" if head else tagged

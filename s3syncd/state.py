@@ -9,7 +9,6 @@ Files of our own (all JSON, written atomically, versioned with a ``"v"`` field):
 - ``sync-base.json``: the last version both sides agreed on, path -> MD5.
 - ``sync-index.json``: the local hash cache, path -> [size, mtime_ns, md5], so a file is
   rehashed only when its size or mtime changed.
-- ``sync-remote.json``: the ETag of the manifest we last read (for conditional GETs).
 - ``sync-journal.json``: completed transfers whose manifest rows are not committed yet;
   replayed at the next start so a crash between transfer and commit loses nothing.
 - ``sync-queue.json``: the approval queue and rejected actions (daemon).
@@ -34,6 +33,14 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 
+BASE_FILE = "sync-base.json"
+INDEX_FILE = "sync-index.json"
+JOURNAL_FILE = "sync-journal.json"
+QUEUE_FILE = "sync-queue.json"
+# The legacy tables are sync state too (recomputed from the remote and the folder).
+LEGACY_TABLES = ("versions.csv", "versionsLocal.csv", "deletedS3.csv", "deletedLocal.csv")
+SYNC_STATE_FILES = (*LEGACY_TABLES, BASE_FILE, INDEX_FILE, JOURNAL_FILE, QUEUE_FILE)
+
 
 @dataclass(frozen=True, slots=True)
 class RowChange:
@@ -46,23 +53,18 @@ class RowChange:
     def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path,
-            "row": _row_json(self.row),
-            "tombstone": _row_json(self.tombstone),
+            "row": self.row.to_list() if self.row else None,
+            "tombstone": self.tombstone.to_list() if self.tombstone else None,
         }
 
     @staticmethod
     def from_json(data: Mapping[str, Any]) -> RowChange:
+        row, tomb = data.get("row"), data.get("tombstone")
         return RowChange(
-            str(data["path"]), _row_from(data.get("row")), _row_from(data.get("tombstone"))
+            str(data["path"]),
+            Row.from_list(row) if row else None,
+            Row.from_list(tomb) if tomb else None,
         )
-
-
-def _row_json(row: Row | None) -> list[str] | None:
-    return None if row is None else [row.path, row.edited_by, row.time_edited, row.checksum]
-
-
-def _row_from(data: Any) -> Row | None:
-    return None if data is None else Row(*(str(v) for v in data))
 
 
 class StateDir:
@@ -144,33 +146,37 @@ class StateDir:
         write_atomic(self.file(name), json.dumps(payload, indent=1, sort_keys=True).encode())
 
     def load_base(self) -> dict[str, str]:
-        return {
-            str(k): str(v) for k, v in self.read_json("sync-base.json").get("files", {}).items()
-        }
+        return {str(k): str(v) for k, v in self.read_json(BASE_FILE).get("files", {}).items()}
 
     def save_base(self, base: Mapping[str, str]) -> None:
-        self.write_json("sync-base.json", {"files": dict(sorted(base.items()))})
+        self.write_json(BASE_FILE, {"files": dict(sorted(base.items()))})
 
     def load_index(self) -> dict[str, LocalFile]:
-        files = self.read_json("sync-index.json").get("files", {})
+        files = self.read_json(INDEX_FILE).get("files", {})
         return {
             str(p): LocalFile(str(p), int(v[0]), int(v[1]), str(v[2])) for p, v in files.items()
         }
 
     def save_index(self, index: Mapping[str, LocalFile]) -> None:
         files = {p: [f.size, f.mtime_ns, f.md5] for p, f in sorted(index.items())}
-        self.write_json("sync-index.json", {"files": files})
-
-    def load_remote_meta(self) -> dict[str, Any]:
-        return self.read_json("sync-remote.json")
-
-    def save_remote_meta(self, meta: Mapping[str, Any]) -> None:
-        self.write_json("sync-remote.json", meta)
+        self.write_json(INDEX_FILE, {"files": files})
 
     def load_journal(self) -> list[RowChange]:
-        return [
-            RowChange.from_json(c) for c in self.read_json("sync-journal.json").get("changes", [])
-        ]
+        return [RowChange.from_json(c) for c in self.read_json(JOURNAL_FILE).get("changes", [])]
 
     def save_journal(self, changes: list[RowChange]) -> None:
-        self.write_json("sync-journal.json", {"changes": [c.to_json() for c in changes]})
+        self.write_json(JOURNAL_FILE, {"changes": [c.to_json() for c in changes]})
+
+    def has_base(self) -> bool:
+        return self.file(BASE_FILE).exists()
+
+    def remove_sync_state(self) -> list[str]:
+        """Delete every sync-state file (data, settings, logs and trash stay); returns them."""
+        removed = []
+        for name in SYNC_STATE_FILES:
+            path = self.file(name)
+            if path.exists():
+                path.unlink()
+                removed.append(f"{STATE_DIR}/{name}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return removed

@@ -19,7 +19,7 @@ from s3syncd.approvals import (
 from s3syncd.config import Policy
 from s3syncd.errors import UnknownActionError
 from s3syncd.model import Action, ActionKind, LocalFile, Resolution, Row
-from s3syncd.state import StateDir
+from s3syncd.state import QUEUE_FILE, StateDir
 
 NO_BRAKE = DeleteBrake(deletes=0, total=10, max_percent=50.0)
 ENGAGED = DeleteBrake(deletes=9, total=10, max_percent=50.0)
@@ -410,8 +410,8 @@ def test_persistence_round_trip(state: StateDir, queue: ApprovalQueue) -> None:
     queue.take_approved()  # d, c and x are now RUNNING
     queue.finish(x.id, ok=False, stale=False, message="boom")
     queue.save()
-    assert state.file(ApprovalQueue.FILE).is_file()
-    assert json.loads(state.file(ApprovalQueue.FILE).read_text())["rejected"] == [r.id]
+    assert state.file(QUEUE_FILE).is_file()
+    assert json.loads(state.file(QUEUE_FILE).read_text())["rejected"] == [r.id]
 
     loaded = ApprovalQueue(state)
     loaded.load()
