@@ -261,6 +261,8 @@ class ApprovalQueue:
         return batch
 
     def finish(self, action_id: str, ok: bool, stale: bool, message: str) -> None:
+        """Record an outcome in memory; the caller saves once per batch (a crash before
+        that only makes the finished actions come back for a re-plan, which drops them)."""
         e = self.entries.get(action_id)
         if e is None:
             return
@@ -268,4 +270,3 @@ class ApprovalQueue:
             del self.entries[action_id]  # stale ones come back from the re-plan
         else:
             self.entries[action_id] = replace(e, state=EntryState.FAILED, error=message)
-        self.save()

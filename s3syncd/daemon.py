@@ -43,6 +43,8 @@ from s3syncd.errors import (
 )
 from s3syncd.executor import Outcome
 from s3syncd.model import APPROVABLE_KINDS, ActionKind, Resolution
+from s3syncd.server import ControlServer, default_socket_path
+from s3syncd.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +115,8 @@ class Daemon:
         self.socket_path = self._socket_path()
         self._lock_fh: TextIO | None = None
         self._threads: list[threading.Thread] = []
-        self._server: Any = None
-        self._watcher: Any = None
+        self._server: ControlServer | None = None
+        self._watcher: Watcher | None = None
         self._scheduler: Any = None
         self.reset_requested = False
 
@@ -122,8 +124,6 @@ class Daemon:
     def _socket_path(self) -> Path:
         if self.cfg.daemon.socket is not None:
             return self.cfg.daemon.socket
-        from s3syncd.server import default_socket_path
-
         return default_socket_path(self.cfg.name, self.cfg.state_dir, os.environ)
 
     def _take_folder_lock(self) -> None:
@@ -140,32 +140,15 @@ class Daemon:
         self._lock_fh = fh
 
     def start(self) -> None:
+        """Load state, watch, scan, poll, plan; then serve. Nothing changed meanwhile is
+        missed: the watches are in place before the scan, and their events wait for the
+        worker."""
         self._take_folder_lock()
         eng = self.engine
         eng.prepare()
         self.queue.load()
-        eng.scan_local()
-        self.last_rescan = self.clock()
         eng.refresh_remote(listing=True, force=True)
         self.last_poll, self.last_poll_result = self.clock(), "changed"
-        self._replan()
-
-        worker = threading.Thread(target=self._work, name="s3syncd-worker", daemon=True)
-        worker.start()
-        self._threads.append(worker)
-
-        from s3syncd.server import ControlServer
-
-        if self.socket_path.parent == self.cfg.state_dir:
-            # The fallback location: the socket's folder must be private (it also holds
-            # the original's aws.txt, so 0700 suits it anyway).
-            self.cfg.state_dir.chmod(0o700)
-        self._server = ControlServer(
-            self.socket_path, self.handle, info={"version": "0.1.0", "name": self.cfg.name}
-        )
-        self._server.start()
-
-        from s3syncd.watcher import Watcher
 
         def on_change(paths: set[str]) -> None:
             self.submit("local", lambda: self._local_changed(paths))
@@ -177,10 +160,22 @@ class Daemon:
             self.cfg.datafolder, on_change, debounce=self.cfg.daemon.debounce, on_rescan=on_rescan
         )
         self._watcher.start()
+        self._rescan()
+
+        worker = threading.Thread(target=self._work, name="s3syncd-worker", daemon=True)
+        worker.start()
+        self._threads.append(worker)
+        if self.socket_path.parent == self.cfg.state_dir:
+            # The fallback location: the socket's folder must be private (it also holds
+            # the original's aws.txt, so 0700 suits it anyway).
+            self.cfg.state_dir.chmod(0o700)
+        self._server = ControlServer(
+            self.socket_path, self.handle, info={"version": "0.1.0", "name": self.cfg.name}
+        )
+        self._server.start()
         self._start_scheduler()
-        # Catch what changed while we started (before the watches were in place); the
-        # worker then also runs anything approved before a restart.
-        self.submit("rescan", self._rescan)
+        # Anything approved before a restart runs now.
+        self.submit("execute", lambda: None)
         log.info(
             "s3syncd serving %s on %s (socket %s)",
             self.cfg.datafolder,
@@ -345,6 +340,7 @@ class Daemon:
             )
             with self.lock:
                 self.progress = Progress()
+                self.queue.save()
             if self.stopping.is_set():
                 return
             self._replan()

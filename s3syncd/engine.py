@@ -233,7 +233,13 @@ class Engine:
         with self.lock:
             if self.manifest is None:
                 raise SyncError("the remote manifest has not been read yet")
-            keep = self._keep
+            skipped = set(self.skipped)
+
+            def keep(path: str) -> bool:
+                # A path we could not read (or below a folder we could not list) has an
+                # unknown local state: acting on it either way could lose a version.
+                return self._shared(path) and not (skipped and _under_any(path, skipped))
+
             view = RemoteView(
                 rows={p: r for p, r in self.manifest.rows.items() if keep(p)},
                 tombstones={p: r for p, r in self.manifest.tombstones.items() if keep(p)},
@@ -246,12 +252,8 @@ class Engine:
             local = dict(self.index)
         return reconcile(base, local, view, self.user)
 
-    def _keep(self, path: str) -> bool:
-        if is_legacy_excluded(path) or self.ignore.matches(path):
-            return False
-        # A path we could not read (or below a folder we could not list) has an unknown
-        # local state: acting on it either way could lose a version.
-        return not (self.skipped and _under_any(path, set(self.skipped)))
+    def _shared(self, path: str) -> bool:
+        return not is_legacy_excluded(path) and not self.ignore.matches(path)
 
     def apply_agreement(self, plan: Plan) -> None:
         """Record what both sides already agree on (no transfer needed)."""

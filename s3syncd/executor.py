@@ -131,10 +131,9 @@ def _fetch(ctx: Context, action: Action, expected_local: LocalFile | None) -> Lo
                 f"{action.path}: downloaded MD5 {digest} does not match the manifest's {want}"
             )
         mtime = localfs.parse_time_edited(action.remote.time_edited) if action.remote else None
-        installed = localfs.install(ctx.root, action.path, tmp, expected_local, mtime)
+        return localfs.install(ctx.root, action.path, tmp, digest, expected_local, mtime)
     finally:
         tmp.unlink(missing_ok=True)
-    return LocalFile(action.path, installed.size, installed.mtime_ns, digest)
 
 
 def _download(ctx: Context, action: Action) -> Outcome:

@@ -194,9 +194,15 @@ def check_unchanged(root: Path, rel: str, expected: LocalFile | None) -> None:
 
 
 def install(
-    root: Path, rel: str, tmp_file: Path, expected: LocalFile | None, mtime: float | None
+    root: Path,
+    rel: str,
+    tmp_file: Path,
+    md5: str,
+    expected: LocalFile | None,
+    mtime: float | None,
 ) -> LocalFile:
-    """Rename a verified download over ``rel`` if the local file is still as planned."""
+    """Rename a verified download (of content ``md5``) over ``rel`` if the local file is
+    still as planned; returns the installed file's entry for the index."""
     target = root / rel
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +213,7 @@ def install(
         st = os.lstat(target)
     except OSError as exc:
         raise TransferError(f"cannot write {rel}: {exc.strerror}") from exc
-    return LocalFile(rel, st.st_size, st.st_mtime_ns, "")
+    return LocalFile(rel, st.st_size, st.st_mtime_ns, md5)
 
 
 def unique_path(path: Path) -> Path:

@@ -400,17 +400,18 @@ def test_install_replaces_the_planned_file_and_sets_its_mtime(root: Path, tmp_pa
     put(root, "a.csv", b"old")
     expected = local_file(root, "a.csv")
     tmp = download(tmp_path, b"new content")
-    got = localfs.install(root, "a.csv", tmp, expected, 1_600_000_000.0)
+    got = localfs.install(root, "a.csv", tmp, "md5-of-new", expected, 1_600_000_000.0)
     assert (root / "a.csv").read_bytes() == b"new content"
     assert not tmp.exists()
     st = (root / "a.csv").stat()
     assert st.st_mtime == 1_600_000_000.0
     assert (got.size, got.mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert got.md5 == "md5-of-new"
 
 
 def test_install_creates_a_new_file_in_new_folders(root: Path, tmp_path: Path) -> None:
     tmp = download(tmp_path, b"new")
-    localfs.install(root, "x/y/z.csv", tmp, None, None)
+    localfs.install(root, "x/y/z.csv", tmp, "m", None, None)
     assert (root / "x/y/z.csv").read_bytes() == b"new"
 
 
@@ -420,7 +421,7 @@ def test_install_refuses_a_target_edited_since_planned(root: Path, tmp_path: Pat
     put(root, "a.csv", b"the user's new work", mtime_ns=1_600_000_100_000_000_000)
     tmp = download(tmp_path, b"remote content")
     with pytest.raises(StaleActionError, match="changed locally"):
-        localfs.install(root, "a.csv", tmp, expected, None)
+        localfs.install(root, "a.csv", tmp, "m", expected, None)
     assert (root / "a.csv").read_bytes() == b"the user's new work"
     assert (root / "a.csv").stat().st_mtime_ns == 1_600_000_100_000_000_000
 
@@ -430,7 +431,7 @@ def test_install_refuses_a_same_size_edit(root: Path, tmp_path: Path) -> None:
     expected = local_file(root, "a.csv")
     put(root, "a.csv", b"bbbb", mtime_ns=1_600_000_000_000_000_001)
     with pytest.raises(StaleActionError):
-        localfs.install(root, "a.csv", download(tmp_path, b"cccc"), expected, None)
+        localfs.install(root, "a.csv", download(tmp_path, b"cccc"), "m", expected, None)
     assert (root / "a.csv").read_bytes() == b"bbbb"
 
 
@@ -439,14 +440,14 @@ def test_install_refuses_a_file_created_or_deleted_since_planned(
 ) -> None:
     put(root, "new.csv", b"created by the user meanwhile")
     with pytest.raises(StaleActionError, match="created locally"):
-        localfs.install(root, "new.csv", download(tmp_path, b"remote"), None, None)
+        localfs.install(root, "new.csv", download(tmp_path, b"remote"), "m", None, None)
     assert (root / "new.csv").read_bytes() == b"created by the user meanwhile"
 
     put(root, "gone.csv", b"x")
     expected = local_file(root, "gone.csv")
     (root / "gone.csv").unlink()
     with pytest.raises(StaleActionError, match="deleted locally"):
-        localfs.install(root, "gone.csv", download(tmp_path, b"remote"), expected, None)
+        localfs.install(root, "gone.csv", download(tmp_path, b"remote"), "m", expected, None)
     assert not (root / "gone.csv").exists()
 
 
