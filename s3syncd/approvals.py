@@ -184,7 +184,8 @@ class ApprovalQueue:
             key=lambda e: (e.queued_at, e.action.path),
         )
 
-    def _get(self, ids: Iterable[str]) -> list[Entry]:
+    def get(self, ids: Iterable[str]) -> list[Entry]:
+        """Entries by id or unique id prefix (4+ characters); UnknownActionError otherwise."""
         found = []
         for i in ids:
             matches = [
@@ -210,7 +211,7 @@ class ApprovalQueue:
         the deletion kind is named explicitly.
         """
         chosen = (
-            self._get(ids)
+            self.get(ids)
             if ids
             else [e for e in self.pending() if kind is None or e.action.kind is kind]
         )
@@ -241,7 +242,7 @@ class ApprovalQueue:
 
     def reject(self, ids: Sequence[str]) -> list[str]:
         out = []
-        for e in self._get(ids):
+        for e in self.get(ids):
             if e.state is EntryState.RUNNING:
                 continue
             self.rejected.add(e.action.id)

@@ -25,11 +25,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from s3syncd import approvals, interactive
+from s3syncd import approvals
 from s3syncd.api import build_engine, reset
 from s3syncd.approvals import ApprovalQueue, EntryState
 from s3syncd.config import Config
@@ -67,8 +68,10 @@ class MemoryLog(logging.Handler):
         self.lines: collections.deque[str] = collections.deque(maxlen=capacity)
 
     def emit(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(Exception):
+        try:
             self.lines.append(self.format(record))
+        except Exception:
+            self.handleError(record)  # logging's own policy for a failing handler
 
 
 @dataclass(slots=True)
@@ -184,7 +187,6 @@ class Daemon:
         )
 
     def _start_scheduler(self) -> None:
-        from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED
         from apscheduler.schedulers.background import BackgroundScheduler
 
         d = self.cfg.daemon
@@ -208,13 +210,6 @@ class Daemon:
             id="audit",
         )
 
-        def listener(event: Any) -> None:
-            # A failing job never stops the scheduler; it is recorded for `status`.
-            exc = getattr(event, "exception", None)
-            if exc is not None:
-                self._error(f"job {event.job_id} failed: {exc}")
-
-        sched.add_listener(listener, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
         sched.start()
         self._scheduler = sched
 
@@ -222,9 +217,8 @@ class Daemon:
         """Stop accepting work, let running transfers end or abandon them, save, clean up."""
         self.stopping.set()
         self.cancel.set()
-        if self._scheduler is not None:
-            with contextlib.suppress(Exception):
-                self._scheduler.shutdown(wait=True)
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
         if self._watcher is not None:
             self._watcher.stop()
         self.tasks.put(None)
@@ -256,11 +250,16 @@ class Daemon:
         return task.future
 
     def _job(self, name: str, fn: Callable[[], Any]) -> None:
+        """A scheduler job: hand the work to the worker and wait for it.
+
+        Waiting keeps ``max_instances=1`` meaningful (the next poll starts after this one
+        ended). The worker records a failure for ``status``; the job itself never raises,
+        so the scheduler never sees one.
+        """
         if self.paused:
             return
-        # Waiting keeps max_instances meaningful: the next poll starts after this one ends.
-        with contextlib.suppress(Exception):
-            self.submit(name, fn).result(timeout=max(60.0, self.cfg.daemon.poll_interval * 2))
+        with contextlib.suppress(FutureTimeout):
+            self.submit(name, fn).exception(timeout=max(60.0, self.cfg.daemon.poll_interval * 2))
 
     def _work(self) -> None:
         while True:
@@ -476,7 +475,7 @@ class Daemon:
             raise ProtocolError("resolve needs keep = local, remote or both")
         action_id = str(params.get("id", ""))
         with self.lock:
-            entry = self.queue._get([action_id])[0]
+            entry = self.queue.get([action_id])[0]
             if entry.action.kind is not ActionKind.CONFLICT:
                 raise ProtocolError(f"{action_id} is a {entry.action.kind.value}, not a conflict")
         return self.rpc_approve({"ids": [action_id], "keep": keep})
@@ -584,6 +583,3 @@ def run(cfg: Config, verbose: int = 0) -> int:
     sd_notify("STOPPING=1")
     d.stop()
     return EXIT_OK
-
-
-__all__ = ["Daemon", "interactive", "run"]
