@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from folders import md5, put, tree
 
 import s3syncd
 from s3syncd import api
@@ -32,25 +32,6 @@ class FakeRemote(LocalDirRemote):
 
 class NotARemote:
     """Registered by mistake: not a Remote subclass."""
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def tree(root: Path) -> dict[str, str]:
-    """relative path -> MD5 of every user file (the state folder left out)."""
-    return {
-        p.relative_to(root).as_posix(): md5(p)
-        for p in root.rglob("*")
-        if p.is_file() and not p.relative_to(root).as_posix().startswith(".S3/")
-    }
-
-
-def put(root: Path, rel: str, text: str) -> None:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ No S3 server: the one-shot sync runs on the Local platform (a directory as the r
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -17,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from folders import put, tree
 
 from s3syncd import cli, ctl
 from s3syncd.config import load_config
@@ -24,25 +24,6 @@ from s3syncd.state import StateDir
 
 NESTED = "sub/dir/nested.csv"
 UNICODE = "données/ünïcødé файл 名前.txt"
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def tree(root: Path) -> dict[str, str]:
-    """relative path -> MD5 of every user file (the state folder left out)."""
-    return {
-        p.relative_to(root).as_posix(): md5(p)
-        for p in root.rglob("*")
-        if p.is_file() and not p.relative_to(root).as_posix().startswith(".S3/")
-    }
-
-
-def put(root: Path, rel: str, text: str) -> None:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
 
 
 @pytest.fixture(autouse=True)

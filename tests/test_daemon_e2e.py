@@ -4,7 +4,6 @@ driven by ``s3syncctl`` (in-process ``ctl.main``) over the real control socket."
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from folders import md5, tree
+from polling import wait_until
 
 from s3syncd import ctl
 
@@ -35,21 +36,6 @@ POLL = 1.0
 # Generous deadlines keep a loaded CI machine from failing the test; the measured
 # latencies are printed and checked against the targets in benchmarks/.
 DEADLINE = 15.0
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def wait_until(cond: Callable[[], Any], timeout: float = DEADLINE, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
-        time.sleep(0.05)
 
 
 @dataclass
@@ -385,14 +371,6 @@ def test_idle_daemon_polls_with_one_request_and_no_cpu(
         assert used < 0.15, f"idle daemon used {used:.2f}s CPU in 3s"
     finally:
         stop(node)
-
-
-def tree(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): md5(p)
-        for p in root.rglob("*")
-        if p.is_file() and not p.relative_to(root).as_posix().startswith(".S3/")
-    }
 
 
 def test_kill_9_during_transfers_then_restart_resumes(

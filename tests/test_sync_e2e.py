@@ -6,7 +6,6 @@ subprocess.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import signal
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
+from folders import tree
 
 from s3syncd import cli
 
@@ -27,20 +27,6 @@ if TYPE_CHECKING:
     from s3server import S3Server
 
 pytestmark = pytest.mark.s3
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def tree(root: Path) -> dict[str, str]:
-    """relative path -> MD5 of every user file (the state folder left out)."""
-    out = {}
-    for p in root.rglob("*"):
-        rel = p.relative_to(root).as_posix()
-        if p.is_file() and not rel.startswith(".S3/"):
-            out[rel] = md5(p)
-    return out
 
 
 @pytest.fixture
