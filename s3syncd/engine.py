@@ -262,6 +262,9 @@ class Engine:
             def keep(path: str) -> bool:
                 # A path we could not read (or below a folder we could not list) has an
                 # unknown local state: acting on it either way could lose a version.
+                # An unlistable root ("") covers every path: nothing at all is planned.
+                if "" in skipped:
+                    return False
                 return self._shared(path) and not (skipped and _under_any(path, skipped))
 
             view = RemoteView(

@@ -13,6 +13,7 @@ subprocess on the Local platform, driven by ``s3syncctl`` in-process.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ import pytest
 from folders import put
 from polling import wait_until
 
-from s3syncd import api, ctl, tables
+from s3syncd import api, ctl, localfs, tables
 from s3syncd.config import build_config
 from s3syncd.engine import Engine
 from s3syncd.model import APPROVABLE_KINDS, ActionKind
@@ -117,6 +118,39 @@ def test_an_unignored_file_is_found_after_the_ignores3_edit(tmp_path: Path) -> N
     eng.scan_local()  # the daemon rescans when the watcher reports the edit
     plan = eng.plan()
     assert [(a.kind, a.path) for a in plan.actions] == [(ActionKind.UPLOAD, "draft.csv")]
+
+
+# --- item 11: an unlistable root blocks every delete ------------------------------------------
+
+
+def test_a_data_folder_root_that_cannot_be_listed_yields_no_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One file is below the brake's two-delete minimum, so only the root check can hold it;
+    the other case (many files) must not depend on the brake either."""
+    site = make_site(tmp_path)
+    put(site.folder, "only.csv", "1\n")
+    put(site.folder, "sub/two.csv", "2\n")
+    assert site.sync().ok
+    real_scan = localfs.scan
+    root = str(site.folder)
+
+    def refusing(path: str) -> Iterator[os.DirEntry[str]]:
+        if path == root:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return os.scandir(path)
+
+    def scan(root_: Path, index: Any, ignored: Callable[[str], bool]) -> localfs.ScanResult:
+        return real_scan(root_, index, ignored, scandir=refusing)
+
+    monkeypatch.setattr(localfs, "scan", scan)
+    summary = site.sync()
+    assert "" in summary.skipped_files
+    deletes = [a for a in summary.planned if a.kind in (ActionKind.DELETE_REMOTE,)]
+    assert deletes == []
+    assert sorted(site.rows()) == ["only.csv", "sub/two.csv"]
+    assert (site.remote_root / "only.csv").exists()
+    assert not (site.remote_root / ".S3" / "deleted").exists()
 
 
 # --- daemon helpers (Local platform) ----------------------------------------------------------
