@@ -300,10 +300,11 @@ class Daemon:
         plan = eng.plan()
         eng.apply_agreement(plan)
         total = max(len(eng.base), len(eng.index))
-        brake = approvals.delete_brake(plan.actions, total, self.cfg.policy)
+        now = self.clock()
         with self.lock:
+            brake = self.queue.brake_for(plan.actions, now, total, self.cfg.policy)
             self.brake = brake
-            self.queue.update(plan.actions, self.clock(), self.cfg.policy, brake)
+            self.queue.update(plan.actions, now, self.cfg.policy, brake)
         if brake.engaged:
             log.warning("%s", brake.describe())
 

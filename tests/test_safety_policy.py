@@ -14,6 +14,7 @@ subprocess on the Local platform, driven by ``s3syncctl`` in-process.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -32,10 +33,12 @@ from folders import put
 from polling import wait_until
 
 from s3syncd import api, ctl, localfs, tables
-from s3syncd.config import build_config
+from s3syncd.approvals import ApprovalQueue, DeleteBrake, EntryState, delete_brake
+from s3syncd.config import Policy, build_config
 from s3syncd.engine import Engine
-from s3syncd.model import APPROVABLE_KINDS, ActionKind
+from s3syncd.model import APPROVABLE_KINDS, Action, ActionKind, Row
 from s3syncd.remote.localdir import LocalDirRemote
+from s3syncd.state import StateDir
 
 ALL = frozenset(APPROVABLE_KINDS)
 
@@ -151,6 +154,81 @@ def test_a_data_folder_root_that_cannot_be_listed_yields_no_delete(
     assert sorted(site.rows()) == ["only.csv", "sub/two.csv"]
     assert (site.remote_root / "only.csv").exists()
     assert not (site.remote_root / ".S3" / "deleted").exists()
+
+
+# --- item 11: deletions are counted over a window ------------------------------------------
+
+DELETES_OK = Policy(auto_approve=frozenset({ActionKind.DELETE_REMOTE}))
+HOUR = 3600.0
+
+
+def delete_action(path: str) -> Action:
+    gone = hashlib.md5(path.encode()).hexdigest()
+    row = Row(path, "lab", "2026-01-01 00:00:00", gone)
+    return Action(ActionKind.DELETE_REMOTE, path, "deleted locally", None, row, gone, gone)
+
+
+def plan_and_queue(
+    queue: ApprovalQueue, paths: list[str], total: int, now: float
+) -> tuple[DeleteBrake, dict[str, EntryState]]:
+    """What the daemon does with each plan: judge it, then queue it (auto-approving)."""
+    acts = [delete_action(p) for p in paths]
+    brake = queue.brake_for(acts, now, total, DELETES_OK)
+    queue.update(acts, now, DELETES_OK, brake)
+    return brake, {e.action.path: e.state for e in queue.entries.values()}
+
+
+def test_eight_of_ten_deleted_in_small_steps_is_held(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.ensure()
+    queue = ApprovalQueue(state)
+    files = 10
+    brake, states = plan_and_queue(queue, ["f0", "f1"], files, now=0.0)
+    assert not brake.engaged and set(states.values()) == {EntryState.APPROVED}
+    queue.entries.clear()  # executed
+    files -= 2
+    brake, states = plan_and_queue(queue, ["f2", "f3"], files, now=60.0)
+    assert not brake.engaged and set(states.values()) == {EntryState.APPROVED}
+    queue.entries.clear()
+    files -= 2
+    # judged alone, the next step is a third of what is left: the old brake let it through
+    alone = delete_brake([delete_action("f4"), delete_action("f5")], files, DELETES_OK)
+    assert not alone.engaged
+
+    restarted = ApprovalQueue(state)  # the window survives a restart
+    restarted.load()
+    brake, states = plan_and_queue(restarted, ["f4", "f5"], files, now=120.0)
+    assert brake.engaged, brake
+    assert "6 of 10" in brake.describe()
+    assert states == {"f4": EntryState.PENDING, "f5": EntryState.PENDING}
+    brake, states = plan_and_queue(restarted, ["f4", "f5", "f6", "f7"], files, now=180.0)
+    assert brake.engaged and set(states.values()) == {EntryState.PENDING}
+    assert "8 of 10" in brake.describe()
+
+
+def test_the_window_ends_after_an_hour_or_when_a_person_approves_deletions(
+    tmp_path: Path,
+) -> None:
+    state = StateDir(tmp_path)
+    state.ensure()
+    queue = ApprovalQueue(state)
+    plan_and_queue(queue, ["f0", "f1", "f2"], 10, now=0.0)
+    queue.entries.clear()
+    brake, _ = plan_and_queue(queue, ["f3", "f4", "f5"], 7, now=100.0)
+    assert brake.engaged  # 6 of 10 within the hour
+    # a person approves the held deletions: they have seen them, a new window starts
+    done, _held = queue.approve(all_=True, kind=ActionKind.DELETE_REMOTE, brake=brake)
+    assert len(done) == 3
+    queue.entries.clear()
+    brake, states = plan_and_queue(queue, ["f6"], 4, now=200.0)
+    assert not brake.engaged and states == {"f6": EntryState.APPROVED}
+    queue.entries.clear()
+    brake, _ = plan_and_queue(queue, ["f7", "f8"], 3, now=300.0)
+    assert brake.engaged  # 3 of 4 since the approval
+    # an hour after the window opened, only what is left counts: 1 of 3
+    queue.entries.clear()
+    brake, states = plan_and_queue(queue, ["f7"], 3, now=200.0 + HOUR)
+    assert not brake.engaged and states == {"f7": EntryState.APPROVED}
 
 
 # --- daemon helpers (Local platform) ----------------------------------------------------------
@@ -299,5 +377,48 @@ def test_daemon_uploads_a_file_taken_off_ignores3_without_a_restart(
         assert "draft.csv" not in d.rows()
         (d.data / ".S3" / "ignores3.txt").write_text("")
         wait_until(lambda: "draft.csv" in d.rows(), what="the un-ignored file's upload")
+    finally:
+        d.stop()
+
+
+def test_daemon_holds_most_files_deleted_a_few_at_a_time_across_a_restart(
+    local_daemon: Callable[[str], LocalDaemon],
+) -> None:
+    d = local_daemon('[policy]\nauto_approve = ["upload", "delete_remote"]\n')
+    for i in range(10):
+        put(d.data, f"f{i}.txt", f"{i}\n")
+    d.start()
+    try:
+        wait_until(lambda: len(d.rows()) == 10, what="the ten uploads")
+
+        def delete(*names: str) -> None:
+            for n in names:
+                (d.data / n).unlink()
+
+        delete("f0.txt", "f1.txt")
+        wait_until(lambda: len(d.rows()) == 8, what="two auto-approved deletions")
+        delete("f2.txt", "f3.txt")
+        wait_until(lambda: len(d.rows()) == 6, what="two more")
+        d.stop()
+        d.start()
+        delete("f4.txt", "f5.txt")
+
+        def held() -> int:
+            return sum(
+                1 for p in d.pending() if p["kind"] == "delete_remote" and p["state"] == "pending"
+            )
+
+        def settled() -> str | None:
+            if held() == 2:
+                return "held"
+            return "deleted" if len(d.rows()) < 6 else None
+
+        assert wait_until(settled, what="the third step to be held or done") == "held"
+        st = d.status()
+        assert st["held"] and "6 of 10" in st["held"]
+        delete("f6.txt", "f7.txt")
+        wait_until(lambda: held() == 4, what="four held deletions")
+        assert sorted(d.rows()) == [f"f{i}.txt" for i in range(4, 10)]
+        assert all((d.remote / f"f{i}.txt").exists() for i in range(4, 10))
     finally:
         d.stop()
