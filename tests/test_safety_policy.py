@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import StringIO
@@ -39,6 +40,7 @@ from s3syncd.engine import Engine
 from s3syncd.model import APPROVABLE_KINDS, Action, ActionKind, Row
 from s3syncd.remote.localdir import LocalDirRemote
 from s3syncd.state import StateDir
+from s3syncd.watcher import Watcher
 
 ALL = frozenset(APPROVABLE_KINDS)
 
@@ -121,6 +123,37 @@ def test_an_unignored_file_is_found_after_the_ignores3_edit(tmp_path: Path) -> N
     eng.scan_local()  # the daemon rescans when the watcher reports the edit
     plan = eng.plan()
     assert [(a.kind, a.path) for a in plan.actions] == [(ActionKind.UPLOAD, "draft.csv")]
+
+
+def test_watcher_reports_the_ignore_list_and_nothing_else_of_the_state_folder(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / ".S3").mkdir()
+    seen: list[set[str]] = []
+    lock = threading.Lock()
+
+    def on_change(paths: set[str]) -> None:
+        with lock:
+            seen.append(paths)
+
+    def reported() -> set[str]:
+        with lock:
+            return set().union(*seen)
+
+    w = Watcher(
+        tmp_path, on_change, debounce=0.05, on_rescan=lambda: None, include=[".S3/ignores3.txt"]
+    )
+    w.start()
+    try:
+        (tmp_path / ".S3" / "versions.csv").write_text("x")
+        (tmp_path / ".S3" / "ignores3.txt.tmp").write_text("secret.txt\n")
+        # an editor's save: write aside, rename over
+        (tmp_path / ".S3" / "ignores3.txt.tmp").rename(tmp_path / ".S3" / "ignores3.txt")
+        (tmp_path / "sentinel").write_text("x")
+        wait_until(lambda: {".S3/ignores3.txt", "sentinel"} <= reported(), what="the reports")
+    finally:
+        w.stop()
+    assert reported() == {".S3/ignores3.txt", "sentinel"}
 
 
 # --- item 11: an unlistable root blocks every delete ------------------------------------------
