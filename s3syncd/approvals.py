@@ -12,14 +12,58 @@ from s3syncd.errors import UnknownActionError
 from s3syncd.model import DELETE_KINDS, Action, ActionKind, LocalFile, Resolution, Row
 from s3syncd.state import QUEUE_FILE, StateDir
 
+# How long deletions that ran without a person's say-so keep counting against the brake.
+DELETE_WINDOW = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteWindow:
+    """The deletions auto-approved since ``started``, and the most files seen since then.
+
+    A plan is judged with these, so deleting most files a few at a time is held like
+    deleting them at once (each plan alone is a small share of a shrinking folder). The
+    window ends ``DELETE_WINDOW`` seconds after it opened, or when a person approves a
+    deletion (they have seen what goes); the next plan opens a new one.
+    """
+
+    started: float
+    peak_files: int
+    deleted: frozenset[str] = frozenset()
+
+    def roll(self, now: float, total_files: int, length: float = DELETE_WINDOW) -> DeleteWindow:
+        """The window in force at ``now``: this one (seeing ``total_files``), or a new one."""
+        if not self.started <= now < self.started + length:  # expired, or the clock went back
+            return DeleteWindow(now, total_files)
+        return replace(self, peak_files=max(self.peak_files, total_files))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "peak_files": self.peak_files,
+            "deleted": sorted(self.deleted),
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> DeleteWindow:
+        return DeleteWindow(
+            float(data["started"]),
+            int(data["peak_files"]),
+            frozenset(str(p) for p in data.get("deleted", [])),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class DeleteBrake:
-    """A plan that deletes more than ``max_percent`` of the files is held whole."""
+    """A plan that deletes more than ``max_percent`` of the files is held whole.
+
+    ``deletes`` includes the ``earlier`` deletions of the window (see DeleteWindow), and
+    ``total`` is at least the window's peak file count.
+    """
 
     deletes: int
     total: int
     max_percent: float
+    earlier: int = 0
 
     @property
     def percent(self) -> float:
@@ -31,16 +75,30 @@ class DeleteBrake:
         return self.deletes >= 2 and self.percent > self.max_percent
 
     def describe(self) -> str:
+        within = (
+            f" within the hour ({self.earlier} already deleted without approval)"
+            if self.earlier
+            else ""
+        )
         return (
-            f"{self.deletes} of {self.total} files ({self.percent:.0f}%) would be deleted, "
-            f"more than the {self.max_percent:.0f}% allowed; nothing is deleted until "
-            "you approve the deletions explicitly"
+            f"{self.deletes} of {self.total} files ({self.percent:.0f}%) would be deleted"
+            f"{within}, more than the {self.max_percent:.0f}% allowed; nothing is deleted "
+            "until you approve the deletions explicitly"
         )
 
 
-def delete_brake(actions: Sequence[Action], total_files: int, policy: Policy) -> DeleteBrake:
-    deletes = sum(1 for a in actions if a.kind in DELETE_KINDS)
-    return DeleteBrake(deletes, max(total_files, deletes), policy.max_delete_percent)
+def delete_brake(
+    actions: Sequence[Action],
+    total_files: int,
+    policy: Policy,
+    window: DeleteWindow | None = None,
+) -> DeleteBrake:
+    planned = {a.path for a in actions if a.kind in DELETE_KINDS}
+    # A path re-planned (e.g. an approved delete not run yet) is counted once.
+    earlier = len(window.deleted - planned) if window else 0
+    deletes = len(planned) + earlier
+    total = max(total_files, window.peak_files if window else 0, deletes)
+    return DeleteBrake(deletes, total, policy.max_delete_percent, earlier)
 
 
 def auto_approved(action: Action, policy: Policy, brake: DeleteBrake) -> bool:
@@ -136,6 +194,8 @@ class ApprovalQueue:
         self.state = state
         self.entries: dict[str, Entry] = {}
         self.rejected: set[str] = set()
+        # Persisted with the queue, so a restart does not reset the mass-delete count.
+        self.window: DeleteWindow | None = None
 
     def load(self) -> None:
         data = self.state.read_json(QUEUE_FILE)
@@ -146,6 +206,8 @@ class ApprovalQueue:
                 entry = replace(entry, state=EntryState.APPROVED)
             self.entries[entry.action.id] = entry
         self.rejected = set(data.get("rejected", []))
+        window = data.get("delete_window")
+        self.window = DeleteWindow.from_json(window) if window else None
 
     def save(self) -> None:
         self.state.write_json(
@@ -153,8 +215,17 @@ class ApprovalQueue:
             {
                 "entries": [e.to_json() for e in self.entries.values()],
                 "rejected": sorted(self.rejected),
+                "delete_window": self.window.to_json() if self.window else None,
             },
         )
+
+    def brake_for(
+        self, actions: Sequence[Action], now: float, total_files: int, policy: Policy
+    ) -> DeleteBrake:
+        """The brake for a plan, counting this window's earlier auto-approved deletions."""
+        window = self.window or DeleteWindow(now, total_files)
+        self.window = window.roll(now, total_files)
+        return delete_brake(actions, total_files, policy, self.window)
 
     def update(
         self, actions: Sequence[Action], now: float, policy: Policy, brake: DeleteBrake
@@ -170,6 +241,9 @@ class ApprovalQueue:
             entry = replace(old, action=a) if old is not None else Entry(a, now)
             if entry.state is EntryState.PENDING and auto_approved(a, policy, brake):
                 entry = replace(entry, state=EntryState.APPROVED)
+                if a.kind in DELETE_KINDS:
+                    window = self.window or DeleteWindow(now, brake.total)
+                    self.window = replace(window, deleted=window.deleted | {a.path})
             fresh[a.id] = entry
         for key, old in self.entries.items():
             if old.state is EntryState.RUNNING and key not in fresh:
@@ -237,6 +311,8 @@ class ApprovalQueue:
                 e, state=EntryState.APPROVED, resolution=res, error=None
             )
             done.append(e.action.id)
+            if e.action.kind in DELETE_KINDS:
+                self.window = None  # a person saw deletions go: count afresh from the next plan
         self.save()
         return done, held
 

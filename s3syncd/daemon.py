@@ -153,14 +153,25 @@ class Daemon:
         eng.refresh_remote(listing=True, force=True)
         self.last_poll, self.last_poll_result = self.clock(), "changed"
 
+        ignores = self.engine.state.ignores.relative_to(self.cfg.datafolder).as_posix()
+
         def on_change(paths: set[str]) -> None:
-            self.submit("local", lambda: self._local_changed(paths))
+            if ignores in paths:
+                # Before the other paths of the batch: they are judged by the new list.
+                self.submit("ignores", self._ignores_changed)
+                paths = paths - {ignores}
+            if paths:
+                self.submit("local", lambda: self._local_changed(paths))
 
         def on_rescan() -> None:
             self.submit("rescan", self._rescan)
 
         self._watcher = Watcher(
-            self.cfg.datafolder, on_change, debounce=self.cfg.daemon.debounce, on_rescan=on_rescan
+            self.cfg.datafolder,
+            on_change,
+            debounce=self.cfg.daemon.debounce,
+            on_rescan=on_rescan,
+            include=(ignores,),
         )
         self._watcher.start()
         self._rescan()
@@ -289,16 +300,22 @@ class Daemon:
         plan = eng.plan()
         eng.apply_agreement(plan)
         total = max(len(eng.base), len(eng.index))
-        brake = approvals.delete_brake(plan.actions, total, self.cfg.policy)
+        now = self.clock()
         with self.lock:
+            brake = self.queue.brake_for(plan.actions, now, total, self.cfg.policy)
             self.brake = brake
-            self.queue.update(plan.actions, self.clock(), self.cfg.policy, brake)
+            self.queue.update(plan.actions, now, self.cfg.policy, brake)
         if brake.engaged:
             log.warning("%s", brake.describe())
 
     def _local_changed(self, paths: set[str]) -> None:
         if self.engine.update_local(paths):
             self._replan()
+
+    def _ignores_changed(self) -> None:
+        self.engine.reload_ignores()
+        # A file taken off the list is only found by a scan; the scan reuses cached MD5s.
+        self._rescan()
 
     def _poll(self) -> None:
         try:

@@ -8,11 +8,13 @@ transfers run in a thread pool outside it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from s3syncd import executor, localfs, manifest, tables
 from s3syncd.atomicfile import write_atomic
@@ -79,7 +81,9 @@ class Engine:
         self.manifest: manifest.Manifest | None = None
         self.objects: dict[str, RemoteObject] | None = None
         self.conditional_writes = True
-        self.ignore = tables.read_ignores(self.state.ignores)
+        self.ignore = tables.IgnoreRules()
+        self._ignore_seen: tuple[int, int, int, int] | None = None
+        self.reload_ignores()
 
     # --- start-up -----------------------------------------------------------------------
     def prepare(self, dry_run: bool = False) -> None:
@@ -93,7 +97,7 @@ class Engine:
         with self.lock:
             self.base = self.state.load_base()
             self.index = self.state.load_index()
-            self.ignore = tables.read_ignores(self.state.ignores)
+        self.reload_ignores()
         self.remote.check()
         self.conditional_writes = self.remote.supports_conditional_writes()
         if not self.conditional_writes:
@@ -136,10 +140,28 @@ class Engine:
         log.info("took %d base entries from the original's versionsLocal.csv", len(self.base))
 
     # --- local side ---------------------------------------------------------------------
+    def reload_ignores(self) -> bool:
+        """Re-read ``ignores3.txt`` if it changed on disk (one stat); True if the rules changed.
+
+        Called before every scan and plan, so an edit applies without a restart even when
+        no watcher reported it.
+        """
+        seen = _file_identity(self.state.ignores)
+        with self.lock:
+            if seen is not None and seen == self._ignore_seen:
+                return False
+            rules = tables.read_ignores(self.state.ignores)
+            changed = rules != self.ignore
+            self.ignore, self._ignore_seen = rules, seen
+        if changed:
+            log.info("ignore list %s changed; applying it", self.state.ignores)
+        return changed
+
     def _ignored(self, rel: str) -> bool:
         return self.ignore.matches(rel)
 
     def scan_local(self) -> localfs.ScanResult:
+        self.reload_ignores()
         with self.lock:
             index = dict(self.index)
         result = localfs.scan(self.cfg.datafolder, index, self._ignored)
@@ -157,6 +179,7 @@ class Engine:
 
     def update_local(self, paths: Iterable[str]) -> bool:
         """Re-examine the given paths (from the watcher); True if the local table changed."""
+        self.reload_ignores()
         with self.lock:
             before = dict(self.index)
         wanted = set(paths)
@@ -230,6 +253,7 @@ class Engine:
 
     # --- planning -----------------------------------------------------------------------
     def plan(self) -> Plan:
+        self.reload_ignores()
         with self.lock:
             if self.manifest is None:
                 raise SyncError("the remote manifest has not been read yet")
@@ -238,6 +262,9 @@ class Engine:
             def keep(path: str) -> bool:
                 # A path we could not read (or below a folder we could not list) has an
                 # unknown local state: acting on it either way could lose a version.
+                # An unlistable root ("") covers every path: nothing at all is planned.
+                if "" in skipped:
+                    return False
                 return self._shared(path) and not (skipped and _under_any(path, skipped))
 
             view = RemoteView(
@@ -249,7 +276,8 @@ class Engine:
                 etag=self.manifest.etag,
             )
             base = {p: m for p, m in self.base.items() if keep(p)}
-            local = dict(self.index)
+            # The index may predate an ignore-list edit: filter it like every other side.
+            local = {p: f for p, f in self.index.items() if keep(p)}
         return reconcile(base, local, view, self.user)
 
     def _shared(self, path: str) -> bool:
@@ -406,6 +434,15 @@ class Engine:
                 "base_files": len(self.base),
                 "skipped": len(self.skipped),
             }
+
+
+def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
+    """What tells a rewrite of a small file apart (inode for an editor's rename-over)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _under_any(path: str, roots: set[str]) -> bool:

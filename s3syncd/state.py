@@ -11,7 +11,8 @@ Files of our own (all JSON, written atomically, versioned with a ``"v"`` field):
   rehashed only when its size or mtime changed.
 - ``sync-journal.json``: completed transfers whose manifest rows are not committed yet;
   replayed at the next start so a crash between transfer and commit loses nothing.
-- ``sync-queue.json``: the approval queue and rejected actions (daemon).
+- ``sync-queue.json``: the approval queue, rejected actions and the mass-delete window
+  (daemon; see ``approvals.DeleteWindow``).
 - ``trash/``: local files removed by a sync, kept until the user deletes them.
 """
 

@@ -127,7 +127,8 @@ class Watcher:
     """Marks paths under ``root`` dirty on file-system events and reports them debounced.
 
     ``on_change(paths)`` gets relative posix paths (files or folders; a folder means
-    "re-scan it recursively"; a path may no longer exist). ``on_rescan()`` means events may
+    "re-scan it recursively"; a path may no longer exist); nothing below ``exclude`` is
+    reported except the files named in ``include``. ``on_rescan()`` means events may
     have been lost and the whole tree must be scanned. Both run on the debounce thread (or
     the thread calling ``flush()``), never at the same time; their exceptions are logged.
     """
@@ -140,6 +141,7 @@ class Watcher:
         debounce: float = 2.0,
         on_rescan: Callable[[], None],
         exclude: str = ".S3",
+        include: Iterable[str] = (),
         max_delay: float | None = None,
     ) -> None:
         if debounce < 0 or (max_delay is not None and max_delay < 0):
@@ -149,6 +151,8 @@ class Watcher:
         self._root_str = str(self._root)
         self._prefix = self._root_str.rstrip(os.sep) + os.sep
         self._exclude = exclude.strip("/")
+        # Files inside the excluded folder that are still reported (e.g. the ignore list).
+        self._include = frozenset(p.strip("/") for p in include)
         self._on_change = on_change
         self._on_rescan = on_rescan
         self._debounce = debounce
@@ -444,6 +448,8 @@ class Watcher:
 
     def _excluded(self, rel: str) -> bool:
         ex = self._exclude
+        if rel in self._include:
+            return False
         return bool(ex) and (rel == ex or rel.startswith(ex + "/"))
 
     def _request_locked(

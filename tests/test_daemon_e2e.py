@@ -353,7 +353,10 @@ def test_idle_daemon_polls_with_one_request_and_no_cpu(
             polls += 1
         s1 = node.status()
         requests = s1["remote_requests"] - s0["remote_requests"]
-        assert requests == polls, f"{requests} requests for {polls} polls"
+        # One GET per poll. A poll may land between the last one seen and the final status
+        # read, and two polls in one second (last_poll has second precision) look like one:
+        # allow two unseen polls. A poll that LISTed or HEADed would cost 2+ per poll.
+        assert polls <= requests <= polls + 2, f"{requests} requests for {polls} polls"
         assert s1["last_poll_result"] == "unchanged"
 
         # CPU between polls: measure the daemon's own CPU time over a quiet stretch.
@@ -368,7 +371,8 @@ def test_idle_daemon_polls_with_one_request_and_no_cpu(
         threading.Event().wait(3.0)  # measuring idle CPU over a fixed stretch is the point
         used = cpu() - c0
         print(f"\nidle: {requests} S3 requests over {polls} polls; CPU {used:.3f}s in 3 s")
-        assert used < 0.15, f"idle daemon used {used:.2f}s CPU in 3s"
+        # A busy loop burns seconds; the figure itself belongs in benchmarks/.
+        assert used < 0.5, f"idle daemon used {used:.2f}s CPU in 3s"
     finally:
         stop(node)
 

@@ -505,7 +505,7 @@ def test_idle_server_does_not_spin(server: ControlServer) -> None:
 
     before = cpu_ticks()
     threading.Event().wait(0.5)  # a measurement window, not waiting for a condition
-    assert cpu_ticks() - before <= 1  # ticks are 10 ms: a polling loop would burn many
+    assert cpu_ticks() - before <= 5  # ticks are 10 ms: a spinning loop would burn ~50
 
 
 # -- the socket path --------------------------------------------------------------------------

@@ -18,10 +18,13 @@ from typing import Any
 
 import pytest
 
-from s3syncd.watcher import Watcher, collapse
+from s3syncd.watcher import _JOIN_TIMEOUT, Watcher, collapse
 
 DEBOUNCE = 0.1
-DEADLINE = DEBOUNCE + 1.0  # a change must be reported within this
+# How long a wait may take before the test fails; waits return as soon as the condition
+# holds, so a generous deadline only matters on a loaded machine. Latency figures belong
+# in benchmarks/, not in assertions here.
+DEADLINE = 15.0
 
 
 class Collector:
@@ -109,10 +112,8 @@ def test_create_modify_delete_are_reported(
 ) -> None:
     (root / "old.txt").write_text("old")
     _, c = make_watcher()
-    t0 = time.monotonic()
     (root / "new.txt").write_text("new")
     assert c.wait_reported("new.txt")
-    created_after = time.monotonic() - t0
 
     with (root / "old.txt").open("a") as f:
         f.write("more")
@@ -121,7 +122,6 @@ def test_create_modify_delete_are_reported(
     n = len(c.batches)
     (root / "new.txt").unlink()
     assert c.wait_for(lambda c: any("new.txt" in b for b in c.batches[n:]))
-    assert created_after < DEADLINE
     assert c.rescans == 0
 
 
@@ -190,15 +190,19 @@ def test_burst_is_reported_in_a_few_batches(
     files = [f"f{i:03}" for i in range(500)]
     for name in files:
         (root / name).write_bytes(b"x" * 100)
-    assert c.wait_reported(*files, timeout=5.0)
-    # The 500 writes take a few ms apart, less than the debounce: one or two batches.
-    assert len(c.batches) <= 5, [len(b) for b in c.batches]
+    assert c.wait_reported(*files)
+    # The 500 writes come a few ms apart, less than the debounce: one or two batches when
+    # idle. A stalled writer on a loaded machine may split them more, but a watcher that
+    # did not debounce would report hundreds.
+    assert len(c.batches) <= len(files) // 10, [len(b) for b in c.batches]
 
 
 def test_max_delay_reports_a_folder_written_continuously(
     root: Path, make_watcher: Callable[..., tuple[Watcher, Collector]]
 ) -> None:
-    _, c = make_watcher(debounce=0.3, max_delay=0.5)
+    # The quiet period (1 s) is longer than max_delay (0.5 s): only max_delay can report
+    # while the writer keeps going, unless the writer itself stalls for a second.
+    _, c = make_watcher(debounce=1.0, max_delay=0.5)
     start = time.monotonic()
     for i in range(200):
         (root / "log.txt").write_text(str(i))
@@ -209,7 +213,9 @@ def test_max_delay_reports_a_folder_written_continuously(
         pytest.fail("nothing reported while the file kept changing")
     elapsed = time.monotonic() - start
     assert c.batches[0] == {"log.txt"}
-    assert 0.4 <= elapsed < 2.0
+    # Not before max_delay; an upper bound would only measure the machine's load (without
+    # max_delay nothing arrives before the writer stops, and the loop above fails).
+    assert elapsed >= 0.4
 
 
 def test_state_folder_is_never_reported(
@@ -276,7 +282,8 @@ def test_stop_joins_every_thread(root: Path, no_leaked_threads: None) -> None:
     took = time.monotonic() - t0
     w.stop()  # idempotent
     assert watch_threads() - before == set()
-    assert took < 3.0
+    # A thread that ignored the stop request would have cost a whole join timeout.
+    assert took < _JOIN_TIMEOUT
 
 
 def test_idle_watcher_does_not_wake_up(
@@ -286,12 +293,13 @@ def test_idle_watcher_does_not_wake_up(
     (root / "f").write_text("x")
     assert c.wait_reported("f")
     # After the batch the debounce thread goes back to an untimed wait; it may still be on
-    # its way there (one count) when we read the counter.
+    # its way there (one count) when we read the counter, and on a loaded machine the
+    # write's last event can come as a batch of its own (two more).
     wakeups = w.wakeups
     # A fixed wait on purpose: we check that nothing happens during it. A thread that polled
     # (say every 0.1 s, like the debounce) would wake ~10 times.
     threading.Event().wait(1.0)
-    assert w.wakeups - wakeups <= 1
+    assert w.wakeups - wakeups <= 3
 
 
 def test_observer_failure_rescans_and_keeps_watching(
@@ -368,7 +376,7 @@ def test_queue_overflow_rescans(
         # Alternating names: the kernel merges only identical consecutive events.
         for i in range(limit + 2048 + 100):
             os.utime(a if i % 2 else b, ns=(i, i))
-    assert c.wait_for(lambda c: c.rescans >= 1, timeout=10.0)
+    assert c.wait_for(lambda c: c.rescans >= 1)
     assert "Inotify queue overflowed; filesystem events were lost" in caplog.text
     assert "inotify queue overflowed on" in caplog.text  # ours, not a thread failure
     assert "ended" not in caplog.text
