@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from s3syncd import executor, localfs, manifest, tables
 from s3syncd.atomicfile import write_atomic
@@ -325,17 +325,30 @@ class Engine:
                     on_outcome(out)
         with self.lock:
             self.state.save_index(self.index)
-        changes = [c for o in report.done for c in o.changes]
+        # Each change names the row it was made over, so that if it has to wait in the
+        # journal it is never replayed over a colleague's newer row.
+        changes = [_guard(c, known) for o in report.done for c in o.changes]
         try:
-            if changes:
-                self.state.save_journal(changes)
-                self._commit(changes)
+            pending = self._journal(changes)
+            dropped = self._commit(pending) if pending else set()
         except SyncError as exc:
             report.commit_error = exc.message
             log.error("manifest commit failed (kept in the journal for the next run): %s", exc)
             return report
-        self._absorb_base([o for o in report.done])
+        self._absorb_base([o for o in report.done if not dropped & {c.path for c in o.changes}])
         return report
+
+    def _journal(self, changes: Sequence[RowChange]) -> list[RowChange]:
+        """Add ``changes`` to what earlier failed commits left (newest per path wins)."""
+        pending = {c.path: c for c in self.state.load_journal()}
+        if not changes:
+            return list(pending.values())
+        for c in changes:
+            pending.pop(c.path, None)
+            pending[c.path] = c
+        journal = list(pending.values())
+        self.state.save_journal(journal)
+        return journal
 
     def _absorb_local(self, out: Outcome) -> None:
         # In memory only; saved once per pass. After a crash the index is merely behind,
@@ -360,7 +373,9 @@ class Engine:
             self.state.save_base(self.base)
             self._save_local_tables()
 
-    def _commit(self, changes: list[RowChange]) -> None:
+    def _commit(self, changes: list[RowChange]) -> set[str]:
+        """Commit ``changes`` and clear the journal; returns the paths of guarded changes
+        left out because a colleague changed their rows first (they get re-planned)."""
         with self.lock:
             previous = self.manifest
         written = manifest.commit(
@@ -368,7 +383,8 @@ class Engine:
         )
         self.state.save_journal([])
         if written is None:
-            return
+            return set()
+        dropped = {c.path for c in changes if _checksum(written.rows, c.path) != c.checksum}
         lost = set(tables.legacy_unsafe_paths(written.rows.values())) & {c.path for c in changes}
         for path in sorted(lost):
             # We cannot rename the user's file; say so once per commit that adds it.
@@ -380,12 +396,25 @@ class Engine:
         with self.lock:
             if self.objects is not None:
                 for c in changes:
+                    if c.path in dropped:
+                        continue
                     if c.row is None:
                         self.objects.pop(c.path, None)
                     else:
                         # We just wrote this object: the listing must not contradict it.
                         self.objects[c.path] = RemoteObject(c.path, -1, "", c.row.checksum)
         self._store(written)
+        if dropped:
+            # Other users' rows won: our listing predates them. Look again.
+            log.info("the manifest held other users' changes; refreshing the remote view")
+            try:
+                self.refresh_remote(listing=True, force=True)
+            except SyncError as exc:
+                # The commit itself succeeded; without a fresh listing, plan without one.
+                log.warning("could not refresh the remote view after a commit: %s", exc)
+                with self.lock:
+                    self.objects = None
+        return dropped
 
     def _store(self, fresh: manifest.Manifest) -> None:
         """Adopt a manifest just read or written, and keep the legacy local copies."""
@@ -406,6 +435,16 @@ class Engine:
                 "base_files": len(self.base),
                 "skipped": len(self.skipped),
             }
+
+
+def _checksum(rows: Mapping[str, Row], path: str) -> str | None:
+    row = rows.get(path)
+    return row.checksum if row else None
+
+
+def _guard(change: RowChange, known: Mapping[str, Row]) -> RowChange:
+    row = known.get(change.path)
+    return replace(change, replaces=row.checksum if row else None, guarded=True)
 
 
 def _under_any(path: str, roots: set[str]) -> bool:

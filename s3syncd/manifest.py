@@ -134,6 +134,39 @@ def _cas_update(
     raise RemoteError(f"could not update {key}: it kept changing ({MAX_ATTEMPTS} attempts)")
 
 
+def _current(rows: list[Row]) -> dict[str, str]:
+    """path -> checksum of the rows we act on (last row wins), as reconcile saw them."""
+    safe, _unsafe = tables.split_unsafe(rows)
+    return {r.path: r.checksum for r in safe}
+
+
+def admitted(change: RowChange, current: dict[str, str]) -> bool:
+    """Whether ``change`` may be applied over rows whose checksums are ``current``."""
+    if not change.guarded:
+        return True
+    now = current.get(change.path)
+    return now == change.replaces or now == change.checksum
+
+
+def _admit(
+    changes: Sequence[RowChange], current: dict[str, str], refused: dict[str, RowChange]
+) -> list[RowChange]:
+    kept = []
+    for c in changes:
+        if admitted(c, current):
+            kept.append(c)
+        elif c.path not in refused:
+            refused[c.path] = c
+            log.warning(
+                "not committing our row for %s: its remote row changed since (now %s, "
+                "was %s); re-planning it",
+                c.path,
+                current.get(c.path) or "absent",
+                c.replaces or "absent",
+            )
+    return kept
+
+
 def commit(
     remote: Remote,
     changes: Sequence[RowChange],
@@ -144,14 +177,22 @@ def commit(
     """Apply our row changes to the remote tables; returns the manifest as written.
 
     Tombstones are written first: a crash between the two writes leaves a row whose
-    object is gone, which reconcile treats as deleted, never as new.
+    object is gone, which reconcile treats as deleted, never as new. A guarded change
+    whose remote row a colleague changed meanwhile is left out (and logged): the caller
+    re-plans that path (see :func:`admitted`).
     """
     if not changes:
         return None
+    refused: dict[str, RowChange] = {}
+    tomb_changes = [c for c in changes if c.tombstone is not None]
+    if any(c.guarded for c in tomb_changes):
+        blob = remote.read_blob(MANIFEST_KEY)
+        assert not isinstance(blob, NotModified)
+        rows = tables.parse_rows(blob.data, f"remote {MANIFEST_KEY}") if blob else []
+        tomb_changes = _admit(tomb_changes, _current(rows), refused)
     tombs = []
-    for c in changes:
-        if c.tombstone is None:
-            continue
+    for c in tomb_changes:
+        assert c.tombstone is not None
         problem = tables.unwritable(c.tombstone)
         if problem:
             # A tombstone copied from a hand-edited row: the row still goes, the
@@ -165,9 +206,8 @@ def commit(
             remote, TOMBSTONES_KEY, lambda _rows: (set(), tombs), sleep, verify
         ).data
 
-    by_path = {c.path: c for c in changes}
-
-    def apply(_rows: list[Row]) -> tuple[set[str], list[Row]]:
+    def apply(rows: list[Row]) -> tuple[set[str], list[Row]]:
+        by_path = {c.path: c for c in _admit(changes, _current(rows), refused)}
         return set(by_path), [c.row for c in by_path.values() if c.row is not None]
 
     written = _cas_update(remote, MANIFEST_KEY, apply, sleep, verify)

@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 from test_engine import World, md5
 
-from s3syncd import tables
+from s3syncd import manifest, tables
 from s3syncd.errors import RemoteError
-from s3syncd.model import RemoteObject, Row
+from s3syncd.model import ActionKind, RemoteObject, Resolution, Row
 from s3syncd.remote.base import ProgressCallback
 from s3syncd.remote.localdir import LocalDirRemote
+from s3syncd.state import RowChange
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +74,123 @@ class UnreachableRemote(LocalDirRemote):
         if self.down:
             raise RemoteError(f"write {key}: the remote is unreachable")
         return super().write_blob(key, data, if_match=if_match, create_only=create_only)
+
+
+# --- defect 4: the journal accumulates until committed ----------------------------------
+
+
+def test_failed_commit_then_another_batch_commits_both(world: World) -> None:
+    flaky = UnreachableRemote(world.remote_root)
+    alice = world.site("alice", flaky)
+    alice.write("keep.txt", b"k\n")
+    assert alice.sync().ok
+
+    alice.write("one.txt", b"batch one\n")
+    first = alice.plan()
+    assert [(a.kind, a.path) for a in first] == [(ActionKind.UPLOAD, "one.txt")]
+    flaky.down = True
+    report = alice.execute(first)
+    assert report.commit_error is not None and "unreachable" in report.commit_error
+    assert [c.path for c in alice.engine.state.load_journal()] == ["one.txt"]
+
+    # The daemon goes on (no restart, no replay): the next batch while still down ...
+    eng = alice.engine
+    alice.write("two.txt", b"batch two\n")
+    eng.scan_local()
+    second = [a for a in eng.plan().actions if a.path == "two.txt"]
+    assert [a.kind for a in second] == [ActionKind.UPLOAD]
+    report = alice.execute(second)
+    assert report.commit_error is not None
+    journal = {c.path: c for c in eng.state.load_journal()}
+    assert sorted(journal) == ["one.txt", "two.txt"]
+
+    # ... and one more once the remote is back: every batch's rows are committed.
+    flaky.down = False
+    alice.write("three.txt", b"batch three\n")
+    eng.scan_local()
+    third = [a for a in eng.plan().actions if a.path == "three.txt"]
+    report = alice.execute(third)
+    assert report.commit_error is None
+    rows = world.rows()
+    assert rows["one.txt"].checksum == md5(b"batch one\n")
+    assert rows["two.txt"].checksum == md5(b"batch two\n")
+    assert rows["three.txt"].checksum == md5(b"batch three\n")
+    assert eng.state.load_journal() == []
+
+
+def test_journal_keeps_the_newest_change_per_path(world: World) -> None:
+    flaky = UnreachableRemote(world.remote_root)
+    alice = world.site("alice", flaky)
+    alice.write("f.txt", b"v0\n")
+    assert alice.sync().ok
+    eng = alice.engine
+    flaky.down = True
+    for text in (b"v1\n", b"v2, later\n"):
+        alice.write("f.txt", text)
+        eng.scan_local()
+        actions = list(eng.plan().actions)
+        assert [(a.kind, a.path) for a in actions] == [(ActionKind.UPLOAD, "f.txt")]
+        assert alice.execute(actions).commit_error is not None
+    (entry,) = eng.state.load_journal()
+    assert entry.row is not None and entry.row.checksum == md5(b"v2, later\n")
+    flaky.down = False
+    alice.fresh_engine(flaky).prepare()  # restart: replayed
+    assert world.rows()["f.txt"].checksum == md5(b"v2, later\n")
+    assert alice.sync().ok
+    assert alice.base()["f.txt"] == md5(b"v2, later\n")
+
+
+def test_replay_does_not_overwrite_a_colleagues_newer_row(world: World) -> None:
+    flaky = UnreachableRemote(world.remote_root)
+    alice = world.site("alice", flaky)
+    bob = world.site("bob")
+    alice.write("f.txt", b"v0\n")
+    alice.write("other.txt", b"o\n")
+    assert alice.sync().ok
+    assert bob.sync().ok
+
+    # Alice's upload of v1 lands but its row is not committed (remote unreachable), then
+    # her daemon stops.
+    alice.write("f.txt", b"v1 by alice\n")
+    actions = alice.plan()
+    flaky.down = True
+    assert alice.execute(actions).commit_error is not None
+    assert [c.path for c in alice.engine.state.load_journal()] == ["f.txt"]
+
+    # Meanwhile Bob edits f.txt too, sees the conflict and keeps his version.
+    bob.write("f.txt", b"v2 by bob\n")
+    bob_actions = bob.plan()
+    assert [(a.kind, a.path) for a in bob_actions] == [(ActionKind.CONFLICT, "f.txt")]
+    assert bob.execute(bob_actions, Resolution.LOCAL).commit_error is None
+    assert world.rows()["f.txt"].checksum == md5(b"v2 by bob\n")
+
+    # Alice restarts: the replay must not put her row over Bob's.
+    flaky.down = False
+    alice.fresh_engine(flaky).prepare()
+    row = world.rows()["f.txt"]
+    assert row.checksum == md5(b"v2 by bob\n") and row.edited_by == "bob"
+    assert alice.engine.state.load_journal() == []
+    replanned = alice.plan()
+    assert [(a.kind, a.path) for a in replanned] == [(ActionKind.CONFLICT, "f.txt")]
+    assert alice.read("f.txt") == b"v1 by alice\n"
+
+
+def test_journal_entries_record_the_row_they_replace() -> None:
+    row = Row("f.txt", "alice", "2026-01-01 00:00:00", md5(b"v1"))
+    guarded = RowChange("f.txt", row, None, md5(b"v0"), True)
+    created = RowChange("n.txt", row, None, None, True)
+    assert RowChange.from_json(guarded.to_json()) == guarded
+    assert RowChange.from_json(created.to_json()) == created
+    assert created.to_json()["replaces"] is None
+    # an entry written before "replaces" existed is replayed as it always was
+    legacy = {"path": "f.txt", "row": row.to_list(), "tombstone": None}
+    assert RowChange.from_json(legacy) == RowChange("f.txt", row)
+    assert manifest.admitted(RowChange("f.txt", row), {"f.txt": md5(b"other")})
+    assert manifest.admitted(guarded, {"f.txt": md5(b"v0")})
+    assert manifest.admitted(guarded, {"f.txt": md5(b"v1")})  # already in effect
+    assert not manifest.admitted(guarded, {"f.txt": md5(b"other")})
+    assert not manifest.admitted(guarded, {})
+    assert manifest.admitted(created, {}) and not manifest.admitted(created, {"n.txt": M})
 
 
 # --- defect 5: foreign rows are written back as read ------------------------------------
