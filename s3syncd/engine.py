@@ -278,7 +278,13 @@ class Engine:
             etag = self.manifest.etag if self.manifest else None
         stale = set()
         for a in actions:
-            if a.manifest_etag == etag or a.kind is ActionKind.RECORD:
+            if a.kind is ActionKind.RECORD:
+                # Auto-approved and planned from the listing as much as from the rows:
+                # re-check both, or a repair on stale facts undoes a colleague's commit.
+                if self._record_stale(a, rows):
+                    stale.add(a.id)
+                continue
+            if a.manifest_etag == etag:
                 continue
             row = rows.get(a.path)
             now_md5 = row.checksum if row else None
@@ -286,6 +292,19 @@ class Engine:
             if changed:
                 stale.add(a.id)
         return stale
+
+    def _record_stale(self, action: Action, rows: Mapping[str, Row]) -> bool:
+        """Whether the row or the object a RECORD was planned from has changed since."""
+        row = rows.get(action.path)
+        planned_row = action.remote.checksum if action.remote else None
+        if (row.checksum if row else None) != planned_row:
+            return True
+        try:
+            obj = self.remote.stat(action.path)  # one HEAD: repairs are rare
+        except SyncError as exc:
+            log.info("re-planning the repair of %s: %s", action.path, exc)
+            return True
+        return (obj.md5 if obj else None) != action.remote_md5
 
     def execute(
         self,
@@ -404,8 +423,11 @@ class Engine:
                         # We just wrote this object: the listing must not contradict it.
                         self.objects[c.path] = RemoteObject(c.path, -1, "", c.row.checksum)
         self._store(written)
-        if dropped:
-            # Other users' rows won: our listing predates them. Look again.
+        ours = {c.path for c in changes}
+        merged = previous is None or _others(previous.rows, ours) != _others(written.rows, ours)
+        if merged or dropped:
+            # The commit merged rows of other users: our listing (and tombstones) predate
+            # them, and planning on that mix would undo their work. Look again.
             log.info("the manifest held other users' changes; refreshing the remote view")
             try:
                 self.refresh_remote(listing=True, force=True)
@@ -445,6 +467,10 @@ def _checksum(rows: Mapping[str, Row], path: str) -> str | None:
 def _guard(change: RowChange, known: Mapping[str, Row]) -> RowChange:
     row = known.get(change.path)
     return replace(change, replaces=row.checksum if row else None, guarded=True)
+
+
+def _others(rows: Mapping[str, Row], ours: set[str]) -> dict[str, Row]:
+    return {p: r for p, r in rows.items() if p not in ours}
 
 
 def _under_any(path: str, roots: set[str]) -> bool:

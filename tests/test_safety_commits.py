@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_engine import World, md5
+from test_engine import Site, World, md5
 
 from s3syncd import manifest, tables
 from s3syncd.errors import RemoteError
-from s3syncd.model import ActionKind, RemoteObject, Resolution, Row
+from s3syncd.model import Action, ActionKind, RemoteObject, Resolution, Row
 from s3syncd.remote.base import ProgressCallback
 from s3syncd.remote.localdir import LocalDirRemote
 from s3syncd.state import RowChange
@@ -74,6 +74,125 @@ class UnreachableRemote(LocalDirRemote):
         if self.down:
             raise RemoteError(f"write {key}: the remote is unreachable")
         return super().write_blob(key, data, if_match=if_match, create_only=create_only)
+
+
+# --- defect 3: stale listing after a merging commit -------------------------------------
+
+
+V0, V2, G, H = b"f v0\n", b"f v2 by bob\n", b"g, soon deleted\n", b"h, brand new\n"
+
+
+def merging_commit(world: World) -> tuple[Site, Site, list[Action]]:
+    """Alice uploads x.txt; during her batch Bob edits f.txt, deletes g.txt and adds h.txt
+    and commits. Alice's commit merges Bob's rows. Returns her next plan, made the way the
+    daemon makes it after a batch (no new poll in between)."""
+    hooked = HookedRemote(world.remote_root)
+    alice = world.site("alice", hooked)
+    bob = world.site("bob")
+    alice.write("f.txt", V0)
+    alice.write("g.txt", G)
+    alice.write("keep.txt", b"k\n")
+    assert alice.sync().ok
+    assert bob.sync().ok
+
+    def bob_commits() -> None:
+        bob.write("f.txt", V2)
+        bob.path("g.txt").unlink()
+        bob.write("h.txt", H)
+        summary = bob.sync()
+        assert summary.ok, summary.failed
+        rows = world.rows()
+        assert rows["f.txt"].checksum == md5(V2) and "g.txt" not in rows and "h.txt" in rows
+
+    alice.write("x.txt", b"alice's new file\n")
+    actions = alice.plan()
+    assert [(a.kind, a.path) for a in actions] == [(ActionKind.UPLOAD, "x.txt")]
+    hooked.key, hooked.hook = "x.txt", bob_commits
+    report = alice.execute(actions)
+    assert hooked.hook is None  # Bob really committed during the batch
+    assert report.commit_error is None and all(o.ok for o in report.outcomes)
+    assert sorted(world.rows()) == ["f.txt", "h.txt", "keep.txt", "x.txt"]
+    plan = alice.engine.plan()
+    alice.engine.apply_agreement(plan)
+    return alice, bob, list(plan.actions)
+
+
+def run_records(site: Site, actions: list[Action]) -> None:
+    """What the daemon does with manifest-only repairs: they are auto-approved."""
+    records = [a for a in actions if a.kind is ActionKind.RECORD]
+    if records:
+        site.execute(records)
+
+
+def test_merging_commit_does_not_correct_a_fresh_row_back(world: World) -> None:
+    alice, _bob, actions = merging_commit(world)
+    by_path = {a.path: a for a in actions}
+    assert "f.txt" in by_path, actions
+    assert by_path["f.txt"].kind is ActionKind.DOWNLOAD, by_path["f.txt"]
+    run_records(alice, actions)
+    assert world.rows()["f.txt"].checksum == md5(V2)
+    assert world.rows()["f.txt"].edited_by == "bob"
+
+
+def test_merging_commit_does_not_readd_a_deleted_files_row(world: World) -> None:
+    alice, _bob, actions = merging_commit(world)
+    by_path = {a.path: a for a in actions}
+    assert by_path["g.txt"].kind is ActionKind.DELETE_LOCAL, by_path["g.txt"]
+    run_records(alice, actions)
+    assert "g.txt" not in world.rows()
+    assert not world.obj("g.txt").exists()
+
+
+def test_merging_commit_does_not_tombstone_a_brand_new_file(world: World) -> None:
+    alice, _bob, actions = merging_commit(world)
+    by_path = {a.path: a for a in actions}
+    assert by_path["h.txt"].kind is ActionKind.DOWNLOAD, by_path["h.txt"]
+    run_records(alice, actions)
+    assert world.rows()["h.txt"].checksum == md5(H)
+    assert "h.txt" not in {t.path for t in world.tombstones()}
+
+
+def test_merging_commit_then_a_full_pass_converges(world: World) -> None:
+    alice, bob, _actions = merging_commit(world)
+    assert alice.sync().ok
+    assert bob.sync().ok
+    assert alice.read("f.txt") == V2 and alice.read("h.txt") == H
+    assert not alice.path("g.txt").exists()
+    assert bob.read("x.txt") == b"alice's new file\n"
+    rows = world.rows()
+    assert sorted(rows) == ["f.txt", "h.txt", "keep.txt", "x.txt"]
+    assert rows["f.txt"].checksum == md5(V2)
+
+
+def test_record_planned_on_stale_facts_is_replanned(world: World) -> None:
+    """A manifest-only repair goes through the same re-check as a transfer: Alice plans to
+    restore y.txt's row lost to an old client's blind write; Bob deletes y.txt before she
+    executes; the repair must not bring back a row for a deleted file."""
+    alice = world.site("alice")
+    bob = world.site("bob")
+    alice.write("x.txt", b"x\n")
+    assert alice.sync().ok
+    stale_copy = world.obj(".S3/versions.csv").read_bytes()
+    alice.write("y.txt", b"y\n")
+    assert alice.sync().ok
+    assert bob.sync().ok
+    world.obj(".S3/versions.csv").write_bytes(stale_copy)  # the old client's blind write
+
+    actions = alice.plan()
+    assert [(a.kind, a.path) for a in actions] == [(ActionKind.RECORD, "y.txt")]
+    bob.path("y.txt").unlink()
+    summary = bob.sync()
+    assert summary.ok and [a.kind for a, _ in summary.done] == [ActionKind.DELETE_REMOTE]
+    assert not world.obj("y.txt").exists()
+
+    report = alice.execute(actions)
+    (out,) = report.outcomes
+    assert out.stale and not out.ok, out
+    assert "y.txt" not in world.rows()
+    summary = alice.sync()
+    assert summary.ok
+    assert not alice.path("y.txt").exists()  # Bob's delete reached Alice (file in trash)
+    assert "y.txt" not in world.rows()
 
 
 # --- defect 4: the journal accumulates until committed ----------------------------------
