@@ -294,6 +294,38 @@ def test_replay_does_not_overwrite_a_colleagues_newer_row(world: World) -> None:
     assert alice.read("f.txt") == b"v1 by alice\n"
 
 
+def test_replayed_delete_does_not_remove_a_colleagues_newer_row(world: World) -> None:
+    flaky = UnreachableRemote(world.remote_root)
+    alice = world.site("alice", flaky)
+    bob = world.site("bob")
+    alice.write("f.txt", b"v0\n")
+    alice.write("other.txt", b"o\n")
+    assert alice.sync().ok
+    assert bob.sync().ok
+
+    alice.path("f.txt").unlink()
+    actions = alice.plan()
+    assert [(a.kind, a.path) for a in actions] == [(ActionKind.DELETE_REMOTE, "f.txt")]
+    flaky.down = True
+    assert alice.execute(actions).commit_error is not None
+    (entry,) = alice.engine.state.load_journal()
+    assert entry.row is None and entry.tombstone is not None
+
+    # Bob had edited f.txt: he sees it deleted on the remote and keeps his version.
+    bob.write("f.txt", b"v2 by bob\n")
+    bob_actions = bob.plan()
+    assert [(a.kind, a.path) for a in bob_actions] == [(ActionKind.CONFLICT, "f.txt")]
+    assert bob.execute(bob_actions, Resolution.LOCAL).commit_error is None
+
+    flaky.down = False
+    alice.fresh_engine(flaky).prepare()
+    assert world.rows()["f.txt"].checksum == md5(b"v2 by bob\n")
+    assert "f.txt" not in {t.path for t in world.tombstones()}
+    assert world.obj("f.txt").read_bytes() == b"v2 by bob\n"
+    replanned = alice.plan()
+    assert [(a.kind, a.path) for a in replanned] == [(ActionKind.CONFLICT, "f.txt")]
+
+
 def test_journal_entries_record_the_row_they_replace() -> None:
     row = Row("f.txt", "alice", "2026-01-01 00:00:00", md5(b"v1"))
     guarded = RowChange("f.txt", row, None, md5(b"v0"), True)
