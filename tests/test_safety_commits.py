@@ -17,14 +17,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import unique_name
+from folders import put, tree
+from s3server import S3Server
 from test_engine import Site, World, md5
 
-from s3syncd import manifest, tables
+from s3syncd import api, manifest, tables
+from s3syncd.config import Config, build_config
+from s3syncd.engine import Engine
 from s3syncd.errors import RemoteError
-from s3syncd.model import Action, ActionKind, RemoteObject, Resolution, Row
+from s3syncd.model import APPROVABLE_KINDS, Action, ActionKind, RemoteObject, Resolution, Row
 from s3syncd.remote.base import ProgressCallback
 from s3syncd.remote.localdir import LocalDirRemote
+from s3syncd.remote.s3 import S3Remote
 from s3syncd.state import RowChange
+
+ALL_KINDS = frozenset(APPROVABLE_KINDS)
 
 
 @pytest.fixture(autouse=True)
@@ -162,6 +170,82 @@ def test_merging_commit_then_a_full_pass_converges(world: World) -> None:
     rows = world.rows()
     assert sorted(rows) == ["f.txt", "h.txt", "keep.txt", "x.txt"]
     assert rows["f.txt"].checksum == md5(V2)
+
+
+class HookedS3Remote(S3Remote):
+    """S3 version of HookedRemote: ``hook`` runs once, before the upload of ``key``."""
+
+    key = ""
+    hook: Callable[[], None] | None = None
+
+    def upload(
+        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None
+    ) -> RemoteObject:
+        hook, self.hook = (self.hook, None) if key == self.key else (None, self.hook)
+        if hook is not None:
+            hook()
+        return super().upload(src, key, md5, progress)
+
+
+def test_merging_commit_on_s3_plans_from_a_fresh_listing(
+    tmp_path: Path, s3_server: S3Server, s3_bucket: str
+) -> None:
+    """The same three symptoms against a real S3 server (ETags, LIST, HEAD)."""
+    prefix = unique_name("p")
+    hooked = HookedS3Remote(s3_bucket, prefix, s3_server.client())
+    plain = S3Remote(s3_bucket, prefix, s3_server.client())
+    sites: dict[str, tuple[Config, Engine]] = {}
+    for name, remote in (("alice", hooked), ("bob", plain)):
+        folder = tmp_path / name / "Data"
+        folder.mkdir(parents=True)
+        values = {"platform": "S3", "s3.bucket": s3_bucket, "s3.prefix": prefix}
+        cfg = build_config({**values, "datafolder": str(folder), "user_name": name}, tmp_path)
+        sites[name] = (cfg, Engine(cfg, remote, name, workers=2))
+
+    def sync(name: str) -> api.SyncSummary:
+        cfg, eng = sites[name]
+        summary = api.run_once(cfg, auto=ALL_KINDS, ask=None, say=lambda _t: None, engine=eng)
+        assert summary.ok, summary.failed
+        return summary
+
+    a_dir, b_dir = (sites[n][0].datafolder for n in ("alice", "bob"))
+    try:
+        put(a_dir, "f.txt", "f v0\n")
+        put(a_dir, "g.txt", "g, soon deleted\n")
+        sync("alice")
+        sync("bob")
+
+        def bob_commits() -> None:
+            put(b_dir, "f.txt", "f v2 by bob\n")
+            (b_dir / "g.txt").unlink()
+            put(b_dir, "h.txt", "h, brand new\n")
+            sync("bob")
+
+        put(a_dir, "x.txt", "alice's new file\n")
+        eng = sites["alice"][1]
+        eng.scan_local()
+        eng.refresh_remote(listing=True, force=True)
+        actions = list(eng.plan().actions)
+        assert [(a.kind, a.path) for a in actions] == [(ActionKind.UPLOAD, "x.txt")]
+        hooked.key, hooked.hook = "x.txt", bob_commits
+        assert eng.execute([(a, None) for a in actions]).commit_error is None
+        assert hooked.hook is None
+
+        plan = eng.plan()  # as the daemon plans right after a batch
+        kinds = {a.path: a.kind for a in plan.actions}
+        assert kinds == {
+            "f.txt": ActionKind.DOWNLOAD,
+            "g.txt": ActionKind.DELETE_LOCAL,
+            "h.txt": ActionKind.DOWNLOAD,
+        }
+        sync("alice")
+        assert tree(a_dir) == tree(b_dir) | {"x.txt": tree(a_dir)["x.txt"]}
+        sync("bob")
+        assert tree(a_dir) == tree(b_dir)
+        assert sorted(tree(a_dir)) == ["f.txt", "h.txt", "x.txt"]
+    finally:
+        hooked.close()
+        plain.close()
 
 
 def test_record_planned_on_stale_facts_is_replanned(world: World) -> None:
