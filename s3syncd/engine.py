@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from s3syncd import executor, localfs, manifest, tables
@@ -306,7 +306,13 @@ class Engine:
             etag = self.manifest.etag if self.manifest else None
         stale = set()
         for a in actions:
-            if a.manifest_etag == etag or a.kind is ActionKind.RECORD:
+            if a.kind is ActionKind.RECORD:
+                # Auto-approved and planned from the listing as much as from the rows:
+                # re-check both, or a repair on stale facts undoes a colleague's commit.
+                if self._record_stale(a, rows):
+                    stale.add(a.id)
+                continue
+            if a.manifest_etag == etag:
                 continue
             row = rows.get(a.path)
             now_md5 = row.checksum if row else None
@@ -314,6 +320,19 @@ class Engine:
             if changed:
                 stale.add(a.id)
         return stale
+
+    def _record_stale(self, action: Action, rows: Mapping[str, Row]) -> bool:
+        """Whether the row or the object a RECORD was planned from has changed since."""
+        row = rows.get(action.path)
+        planned_row = action.remote.checksum if action.remote else None
+        if (row.checksum if row else None) != planned_row:
+            return True
+        try:
+            obj = self.remote.stat(action.path)  # one HEAD: repairs are rare
+        except SyncError as exc:
+            log.info("re-planning the repair of %s: %s", action.path, exc)
+            return True
+        return (obj.md5 if obj else None) != action.remote_md5
 
     def execute(
         self,
@@ -353,17 +372,30 @@ class Engine:
                     on_outcome(out)
         with self.lock:
             self.state.save_index(self.index)
-        changes = [c for o in report.done for c in o.changes]
+        # Each change names the row it was made over, so that if it has to wait in the
+        # journal it is never replayed over a colleague's newer row.
+        changes = [_guard(c, known) for o in report.done for c in o.changes]
         try:
-            if changes:
-                self.state.save_journal(changes)
-                self._commit(changes)
+            pending = self._journal(changes)
+            dropped = self._commit(pending) if pending else set()
         except SyncError as exc:
             report.commit_error = exc.message
             log.error("manifest commit failed (kept in the journal for the next run): %s", exc)
             return report
-        self._absorb_base([o for o in report.done])
+        self._absorb_base([o for o in report.done if not dropped & {c.path for c in o.changes}])
         return report
+
+    def _journal(self, changes: Sequence[RowChange]) -> list[RowChange]:
+        """Add ``changes`` to what earlier failed commits left (newest per path wins)."""
+        pending = {c.path: c for c in self.state.load_journal()}
+        if not changes:
+            return list(pending.values())
+        for c in changes:
+            pending.pop(c.path, None)
+            pending[c.path] = c
+        journal = list(pending.values())
+        self.state.save_journal(journal)
+        return journal
 
     def _absorb_local(self, out: Outcome) -> None:
         # In memory only; saved once per pass. After a crash the index is merely behind,
@@ -388,7 +420,9 @@ class Engine:
             self.state.save_base(self.base)
             self._save_local_tables()
 
-    def _commit(self, changes: list[RowChange]) -> None:
+    def _commit(self, changes: list[RowChange]) -> set[str]:
+        """Commit ``changes`` and clear the journal; returns the paths of guarded changes
+        left out because a colleague changed their rows first (they get re-planned)."""
         with self.lock:
             previous = self.manifest
         written = manifest.commit(
@@ -396,7 +430,8 @@ class Engine:
         )
         self.state.save_journal([])
         if written is None:
-            return
+            return set()
+        dropped = {c.path for c in changes if _checksum(written.rows, c.path) != c.checksum}
         lost = set(tables.legacy_unsafe_paths(written.rows.values())) & {c.path for c in changes}
         for path in sorted(lost):
             # We cannot rename the user's file; say so once per commit that adds it.
@@ -408,12 +443,28 @@ class Engine:
         with self.lock:
             if self.objects is not None:
                 for c in changes:
+                    if c.path in dropped:
+                        continue
                     if c.row is None:
                         self.objects.pop(c.path, None)
                     else:
                         # We just wrote this object: the listing must not contradict it.
                         self.objects[c.path] = RemoteObject(c.path, -1, "", c.row.checksum)
         self._store(written)
+        ours = {c.path for c in changes}
+        merged = previous is None or _others(previous.rows, ours) != _others(written.rows, ours)
+        if merged or dropped:
+            # The commit merged rows of other users: our listing (and tombstones) predate
+            # them, and planning on that mix would undo their work. Look again.
+            log.info("the manifest held other users' changes; refreshing the remote view")
+            try:
+                self.refresh_remote(listing=True, force=True)
+            except SyncError as exc:
+                # The commit itself succeeded; without a fresh listing, plan without one.
+                log.warning("could not refresh the remote view after a commit: %s", exc)
+                with self.lock:
+                    self.objects = None
+        return dropped
 
     def _store(self, fresh: manifest.Manifest) -> None:
         """Adopt a manifest just read or written, and keep the legacy local copies."""
@@ -443,6 +494,20 @@ def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
     except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _checksum(rows: Mapping[str, Row], path: str) -> str | None:
+    row = rows.get(path)
+    return row.checksum if row else None
+
+
+def _guard(change: RowChange, known: Mapping[str, Row]) -> RowChange:
+    row = known.get(change.path)
+    return replace(change, replaces=row.checksum if row else None, guarded=True)
+
+
+def _others(rows: Mapping[str, Row], ours: set[str]) -> dict[str, Row]:
+    return {p: r for p, r in rows.items() if p not in ours}
 
 
 def _under_any(path: str, roots: set[str]) -> bool:

@@ -81,23 +81,6 @@ def read_manifest(remote: Remote, known_etag: str | None = None) -> Manifest | N
     return fresh
 
 
-def _renderable(rows: list[Row], key: str) -> list[Row]:
-    """Rows we can write back. A hand-edited row with an unusable checksum or time cannot
-    be written without an empty or invalid cell; it is dropped with an error (its object,
-    if any, is adopted again from the listing)."""
-    safe, unsafe = tables.split_unsafe(
-        [Row(r.path, r.edited_by, r.time_edited, r.checksum.lower()) for r in rows]
-    )
-    kept = list(safe)
-    for row, why in unsafe:
-        try:
-            tables.render_rows([row])
-            kept.append(row)  # unsafe to act on (e.g. '..'), but writable: keep it untouched
-        except ValueError:
-            log.error("dropping unusable row %r from %s: %s", row.path, key, why)
-    return kept
-
-
 @dataclass(frozen=True, slots=True)
 class Committed:
     """What a conditional write left on the remote: the new ETag and the bytes we wrote."""
@@ -106,19 +89,32 @@ class Committed:
     data: bytes
 
 
+# Given the rows as read (all of them, in file order), the paths whose rows we replace
+# and the rows we put in their place.
+Update = Callable[[list[Row]], tuple[set[str], list[Row]]]
+
+
 def _cas_update(
     remote: Remote,
     key: str,
-    update: Callable[[list[Row]], list[Row]],
+    update: Update,
     sleep: Callable[[float], None],
     verify: bool,
 ) -> Committed:
-    """Read-modify-write ``key`` until our conditional write wins."""
+    """Read-modify-write ``key`` until our conditional write wins.
+
+    Only our rows change: the others are spliced back byte for byte, even those we would
+    refuse to act on or to write ourselves (they belong to other clients).
+    """
     for attempt in range(MAX_ATTEMPTS):
         blob = remote.read_blob(key)
         assert not isinstance(blob, NotModified)
         rows = tables.parse_rows(blob.data, f"remote {key}") if blob else []
-        data = tables.render_rows(update(_renderable(rows, key)))
+        remove, add = update(rows)
+        if blob is None:
+            data = tables.render_rows(add)
+        else:
+            data = tables.splice_rows(blob.data, remove, add, f"remote {key}")
         try:
             etag = remote.write_blob(
                 key, data, if_match=blob.etag if blob else None, create_only=blob is None
@@ -138,6 +134,39 @@ def _cas_update(
     raise RemoteError(f"could not update {key}: it kept changing ({MAX_ATTEMPTS} attempts)")
 
 
+def _current(rows: list[Row]) -> dict[str, str]:
+    """path -> checksum of the rows we act on (last row wins), as reconcile saw them."""
+    safe, _unsafe = tables.split_unsafe(rows)
+    return {r.path: r.checksum for r in safe}
+
+
+def admitted(change: RowChange, current: dict[str, str]) -> bool:
+    """Whether ``change`` may be applied over rows whose checksums are ``current``."""
+    if not change.guarded:
+        return True
+    now = current.get(change.path)
+    return now == change.replaces or now == change.checksum
+
+
+def _admit(
+    changes: Sequence[RowChange], current: dict[str, str], refused: dict[str, RowChange]
+) -> list[RowChange]:
+    kept = []
+    for c in changes:
+        if admitted(c, current):
+            kept.append(c)
+        elif c.path not in refused:
+            refused[c.path] = c
+            log.warning(
+                "not committing our row for %s: its remote row changed since (now %s, "
+                "was %s); re-planning it",
+                c.path,
+                current.get(c.path) or "absent",
+                c.replaces or "absent",
+            )
+    return kept
+
+
 def commit(
     remote: Remote,
     changes: Sequence[RowChange],
@@ -148,22 +177,38 @@ def commit(
     """Apply our row changes to the remote tables; returns the manifest as written.
 
     Tombstones are written first: a crash between the two writes leaves a row whose
-    object is gone, which reconcile treats as deleted, never as new.
+    object is gone, which reconcile treats as deleted, never as new. A guarded change
+    whose remote row a colleague changed meanwhile is left out (and logged): the caller
+    re-plans that path (see :func:`admitted`).
     """
     if not changes:
         return None
-    tombs = [c.tombstone for c in changes if c.tombstone is not None]
+    refused: dict[str, RowChange] = {}
+    tomb_changes = [c for c in changes if c.tombstone is not None]
+    if any(c.guarded for c in tomb_changes):
+        blob = remote.read_blob(MANIFEST_KEY)
+        assert not isinstance(blob, NotModified)
+        rows = tables.parse_rows(blob.data, f"remote {MANIFEST_KEY}") if blob else []
+        tomb_changes = _admit(tomb_changes, _current(rows), refused)
+    tombs = []
+    for c in tomb_changes:
+        assert c.tombstone is not None
+        problem = tables.unwritable(c.tombstone)
+        if problem:
+            # A tombstone copied from a hand-edited row: the row still goes, the
+            # object's absence is evidence enough of the delete.
+            log.warning("not writing a tombstone for %s: %s", c.path, problem)
+        else:
+            tombs.append(c.tombstone)
     tomb_data = previous.raw_tombstones if previous else EMPTY_TABLE
     if tombs:
         tomb_data = _cas_update(
-            remote, TOMBSTONES_KEY, lambda rows: rows + tombs, sleep, verify
+            remote, TOMBSTONES_KEY, lambda _rows: (set(), tombs), sleep, verify
         ).data
-    by_path = {c.path: c for c in changes}
 
-    def apply(rows: list[Row]) -> list[Row]:
-        kept = [r for r in rows if r.path not in by_path]
-        kept += [c.row for c in by_path.values() if c.row is not None]
-        return kept
+    def apply(rows: list[Row]) -> tuple[set[str], list[Row]]:
+        by_path = {c.path: c for c in _admit(changes, _current(rows), refused)}
+        return set(by_path), [c.row for c in by_path.values() if c.row is not None]
 
     written = _cas_update(remote, MANIFEST_KEY, apply, sleep, verify)
     return _build(written.data, written.etag, tomb_data)

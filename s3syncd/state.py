@@ -10,7 +10,11 @@ Files of our own (all JSON, written atomically, versioned with a ``"v"`` field):
 - ``sync-index.json``: the local hash cache, path -> [size, mtime_ns, md5], so a file is
   rehashed only when its size or mtime changed.
 - ``sync-journal.json``: completed transfers whose manifest rows are not committed yet;
-  replayed at the next start so a crash between transfer and commit loses nothing.
+  replayed at the next start so a crash between transfer and commit loses nothing. It
+  accumulates (newest change per path) until a commit succeeds. Each entry records in
+  ``"replaces"`` the checksum of the remote row it was made over (null: no row); a
+  change whose row a colleague has changed since is dropped and re-planned, not replayed.
+  Entries without ``"replaces"`` (older versions) are replayed unconditionally.
 - ``sync-queue.json``: the approval queue, rejected actions and the mass-delete window
   (daemon; see ``approvals.DeleteWindow``).
 - ``trash/``: local files removed by a sync, kept until the user deletes them.
@@ -45,26 +49,43 @@ SYNC_STATE_FILES = (*LEGACY_TABLES, BASE_FILE, INDEX_FILE, JOURNAL_FILE, QUEUE_F
 
 @dataclass(frozen=True, slots=True)
 class RowChange:
-    """One manifest change: ``row`` to upsert, or a removal with its tombstone row."""
+    """One manifest change: ``row`` to upsert, or a removal with its tombstone row.
+
+    A ``guarded`` change applies only while the remote row's checksum is still
+    ``replaces`` (None: no row), the state it was made over; otherwise it is refused.
+    """
 
     path: str
     row: Row | None
     tombstone: Row | None = None
+    replaces: str | None = None
+    guarded: bool = False
+
+    @property
+    def checksum(self) -> str | None:
+        """The checksum the row has once this change is in effect (None: no row)."""
+        return self.row.checksum if self.row else None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "path": self.path,
             "row": self.row.to_list() if self.row else None,
             "tombstone": self.tombstone.to_list() if self.tombstone else None,
         }
+        if self.guarded:
+            data["replaces"] = self.replaces
+        return data
 
     @staticmethod
     def from_json(data: Mapping[str, Any]) -> RowChange:
         row, tomb = data.get("row"), data.get("tombstone")
+        replaces = data.get("replaces")
         return RowChange(
             str(data["path"]),
             Row.from_list(row) if row else None,
             Row.from_list(tomb) if tomb else None,
+            None if replaces is None else str(replaces),
+            "replaces" in data,
         )
 
 

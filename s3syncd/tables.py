@@ -11,12 +11,14 @@ things that make the original lose rows on its next read (empty or NA-like cells
 
 from __future__ import annotations
 
+import bisect
+import codecs
 import csv
 import fnmatch
 import io
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,6 +273,17 @@ def legacy_editor(name: str) -> str:
     return name
 
 
+def unwritable(row: Row) -> str | None:
+    """Why :func:`render_rows` would refuse ``row``, or None if it can be written."""
+    if not row.path:
+        return "row with an empty path"
+    if not row.time_edited or row.time_edited in LEGACY_NA_VALUES:
+        return f"row {row.path!r}: Time Edited {row.time_edited!r} is empty or NA"
+    if not _MD5_RE.fullmatch(row.checksum):
+        return f"row {row.path!r}: checksum {row.checksum!r} is not an MD5 hex"
+    return None
+
+
 def render_rows(rows: Iterable[Row], *, sort: bool = True) -> bytes:
     """Render rows as the original writes a table: UTF-8, ``\\n``, minimal quoting.
 
@@ -287,12 +300,9 @@ def render_rows(rows: Iterable[Row], *, sort: bool = True) -> bytes:
     if sort:
         items.sort(key=lambda r: r.path)
     for row in items:
-        if not row.path:
-            raise ValueError("row with an empty path")
-        if not row.time_edited or row.time_edited in LEGACY_NA_VALUES:
-            raise ValueError(f"row {row.path!r}: Time Edited {row.time_edited!r} is empty or NA")
-        if not _MD5_RE.fullmatch(row.checksum):
-            raise ValueError(f"row {row.path!r}: checksum {row.checksum!r} is not an MD5 hex")
+        problem = unwritable(row)
+        if problem:
+            raise ValueError(problem)
     frame = pd.DataFrame(
         {
             FILE: [r.path for r in items],
@@ -304,6 +314,97 @@ def render_rows(rows: Iterable[Row], *, sort: bool = True) -> bytes:
         dtype=object,
     )
     return frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
+
+
+def splice_rows(data: bytes, remove: Collection[str], add: Sequence[Row], source: str) -> bytes:
+    """``data`` (a table as read) with the rows of the paths in ``remove`` taken out and
+    ``add`` put in; every other row is kept byte for byte, however odd.
+
+    A commit changes only our own rows: a colleague's row with a checksum or time we
+    would never write is theirs to fix, not ours to drop or normalise. Added rows are
+    rendered by :func:`render_rows` (so they are validated) and go where a sorted table
+    would have them: after the last kept row whose path sorts before or equal to theirs.
+    A table whose header is not exactly the legacy one (an ``Unnamed: 0`` index column)
+    is rewritten with the legacy columns only, the other rows' cells kept as read.
+    Raises MalformedTableError for a file :func:`parse_rows` would refuse.
+    """
+    text = _decode(data, source)
+    records = _raw_records(text)
+    if not records:
+        return render_rows(add)
+    bom = codecs.BOM_UTF8.decode() if data.startswith(codecs.BOM_UTF8) else ""
+    header = records[0]
+    newline = "\r\n" if header.endswith("\r\n") else "\n"
+    columns = [_clean(c) for c in _fields(header)]
+    canonical = columns == list(LEGACY_COLUMNS)
+    if not canonical:
+        missing = [c for c in LEGACY_COLUMNS if c not in columns]
+        if missing:
+            raise MalformedTableError(f"{source} line 1: missing column(s) {missing}")
+        where = [columns.index(c) for c in LEGACY_COLUMNS]
+        header = ",".join(LEGACY_COLUMNS) + newline
+    kept: list[tuple[str | None, str]] = []
+    for raw in records[1:]:
+        if not raw.strip():
+            kept.append((None, raw))  # a blank line: pandas skips it, we keep it
+            continue
+        cells = [_clean(c) for c in _fields(raw)]
+        path = cells[columns.index(LEGACY_COLUMNS[0])] if len(cells) == len(columns) else None
+        if path is not None and path in remove:
+            continue
+        if not canonical:
+            if path is None:
+                raise MalformedTableError(f"{source}: a row does not match the header")
+            raw = _render_cells([cells[i] for i in where], newline)
+        kept.append((path, raw))
+    ours = [r.replace("\n", newline) for r in _raw_records(render_rows(add).decode())[1:]]
+    ours_paths = sorted(r.path for r in add)
+    # Insert each added row after the last kept row whose path sorts <= its own.
+    order = sorted((p, i) for i, (p, _) in enumerate(kept) if p is not None)
+    keys = [p for p, _ in order]
+    latest: list[int] = []
+    for _, i in order:
+        latest.append(max(i, latest[-1]) if latest else i)
+    slots: dict[int, list[str]] = {}
+    for path, line in zip(ours_paths, ours, strict=True):
+        k = bisect.bisect_right(keys, path)
+        slots.setdefault(latest[k - 1] + 1 if k else 0, []).append(line)
+    out = [bom, header]
+    for i in range(len(kept) + 1):
+        for line in slots.get(i, []):
+            if not out[-1].endswith("\n"):
+                out[-1] += newline
+            out.append(line)
+        if i < len(kept):
+            if not out[-1].endswith("\n"):
+                out[-1] += newline
+            out.append(kept[i][1])
+    return "".join(out).encode("utf-8")
+
+
+def _raw_records(text: str) -> list[str]:
+    """``text`` cut into CSV records with their line ends, a quoted newline kept inside."""
+    records: list[str] = []
+    current = ""
+    lines = text.split("\n")  # not splitlines(): that also cuts at \x0c, \u2028, ...
+    for n, line in enumerate(lines):
+        current += line if n == len(lines) - 1 else line + "\n"
+        if current and current.count('"') % 2 == 0:
+            records.append(current)
+            current = ""
+    if current:
+        records.append(current)
+    return records
+
+
+def _fields(record: str) -> list[str]:
+    return next(csv.reader(io.StringIO(record, newline="")), [])
+
+
+def _render_cells(cells: list[str], newline: str) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator=newline).writerow(cells)
+    return buf.getvalue()
 
 
 def legacy_unsafe_paths(rows: Iterable[Row]) -> list[str]:
