@@ -145,6 +145,7 @@ class Engine:
         result = localfs.scan(self.cfg.datafolder, index, self._ignored)
         with self.lock:
             self.index = result.files
+            _log_new_skips(self.skipped, result.skipped)
             self.skipped = result.skipped
             self._save_local_tables()
         log.info(
@@ -164,6 +165,7 @@ class Engine:
         with self.lock:
             changed = after != self.index
             self.index = after
+            _log_new_skips(self.skipped, skipped)
             # Re-examined paths are judged afresh: forget why they were skipped before.
             for p in [s for s in self.skipped if _under_any(s, wanted)]:
                 changed = True
@@ -398,6 +400,11 @@ class Engine:
         return time.strftime("%Y%m%d-%H%M%S", time.localtime(self.clock()))
 
     # --- summary ------------------------------------------------------------------------
+    def skipped_files(self) -> list[dict[str, str]]:
+        """Every path not synced and why, for ``status`` (names exactly as on disk)."""
+        with self.lock:
+            return [{"path": p, "reason": why} for p, why in sorted(self.skipped.items())]
+
     def counts(self) -> Mapping[str, int]:
         with self.lock:
             return {
@@ -406,6 +413,14 @@ class Engine:
                 "base_files": len(self.base),
                 "skipped": len(self.skipped),
             }
+
+
+def _log_new_skips(known: Mapping[str, str], found: Mapping[str, str]) -> None:
+    """Say once why a path is not synced: when first seen, or when the reason changes
+    (``status`` lists them all the time)."""
+    for path, why in sorted(found.items()):
+        if known.get(path) != why:
+            log.warning("not syncing %r: %s", path, why)
 
 
 def _under_any(path: str, roots: set[str]) -> bool:
