@@ -18,7 +18,7 @@ from s3syncd.errors import (
     EXIT_USAGE,
     SyncError,
 )
-from s3syncd.model import APPROVABLE_KINDS
+from s3syncd.model import APPROVABLE_KINDS, shown
 
 EPILOG = """\
 exit codes:
@@ -38,21 +38,6 @@ SKIPPED_SHOWN = 20
 def _out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
-
-
-def shown(text: Any) -> str:
-    """``text`` safe for a terminal: control, format (bidi overrides like U+202E) and other
-    non-printing characters are escaped as ``\\n``, ``\\x1b``, ``\\u202e``, and a backslash
-    as ``\\\\``, so a file name cannot rewrite the line or pose as another name."""
-    out = []
-    for c in str(text):
-        if c == "\\":
-            out.append("\\\\")
-        elif c.isprintable():
-            out.append(c)
-        else:
-            out.append(repr(c)[1:-1])
-    return "".join(out)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -189,6 +189,21 @@ def path_problem(path: str) -> str | None:
     return None
 
 
+def shown(text: object) -> str:
+    """``text`` safe for a terminal: control, format (bidi overrides like U+202E) and other
+    non-printing characters are escaped as ``\\n``, ``\\x1b``, ``\\u202e``, and a backslash
+    as ``\\\\``, so a file name cannot rewrite the line or pose as another name."""
+    out = []
+    for c in str(text):
+        if c == "\\":
+            out.append("\\\\")
+        elif c.isprintable():
+            out.append(c)
+        else:
+            out.append(repr(c)[1:-1])
+    return "".join(out)
+
+
 def is_legacy_excluded(path: str) -> bool:
     """The original skips every path containing '.S3'; such files cannot be shared with it."""
     return STATE_DIR in path

@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -264,6 +265,18 @@ def test_pending_escapes_names(capsys: pytest.CaptureFixture[str]) -> None:
     assert "invoice\\u202efdp.exe" in out and "bob\\u202e" in out
 
 
+def test_a_one_shot_sync_prints_odd_names_escaped(tmp_path: Path, remote_root: Path) -> None:
+    site = make_site(tmp_path, remote_root, "alice")
+    put(site.folder, "invoice\u202efdp.exe", "bidi")
+    put(site.folder, "esc\x1b[2J.txt", "escape")
+    said: list[str] = []
+    api.run_once(site.cfg, auto=ALL, ask=None, say=said.append, engine=site.engine)
+    text = "\n".join(said)
+    assert "invoice\\u202efdp.exe" in text  # uploaded, and said so
+    assert "esc\\x1b[2J.txt" in text  # skipped, and said so
+    assert "\u202e" not in text and "\x1b" not in text
+
+
 def run_ctl(config: Path, *args: str) -> tuple[int, str]:
     out, err = StringIO(), StringIO()
     saved = sys.stdout, sys.stderr
@@ -346,7 +359,7 @@ def short_tmp() -> Path:
     return Path(tempfile.mkdtemp(prefix="s3sd-", dir="/tmp"))
 
 
-@pytest.mark.parametrize("kind", ["fifo", "socket"])
+@pytest.mark.parametrize("kind", ["fifo", "socket", "device"])
 def test_synced_file_replaced_by_a_special_file_is_skipped_not_deleted(
     kind: str, remote_root: Path
 ) -> None:
@@ -359,6 +372,11 @@ def test_synced_file_replaced_by_a_special_file_is_skipped_not_deleted(
         sock = None
         if kind == "fifo":
             os.mkfifo(site.folder / "f.txt")
+        elif kind == "device":
+            try:  # /dev/null's numbers; needs CAP_MKNOD
+                os.mknod(site.folder / "f.txt", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+            except PermissionError:
+                pytest.skip("cannot create a device node here")
         else:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(str(site.folder / "f.txt"))
