@@ -14,7 +14,7 @@ from s3syncd import remote as platforms
 from s3syncd.config import Config, Policy, load_config, read_legacy_credentials, resolve_user_name
 from s3syncd.engine import Engine
 from s3syncd.errors import ConfigError
-from s3syncd.model import APPROVABLE_KINDS, DELETE_KINDS, Action, ActionKind, Resolution
+from s3syncd.model import APPROVABLE_KINDS, DELETE_KINDS, Action, ActionKind, Resolution, shown
 from s3syncd.remote.base import STATE_PREFIX, TRASH_PREFIX, Remote
 from s3syncd.state import StateDir
 
@@ -152,7 +152,7 @@ def _pass(
     plan = eng.plan()
     summary = SyncSummary(planned=list(plan.actions), skipped_files=dict(scan.skipped))
     for path, why in sorted(scan.skipped.items()):
-        say(f"  skipped {path}: {why}")
+        say(f"  skipped {shown(path)}: {shown(why)}")
     visible = [a for a in plan.actions if a.kind is not ActionKind.RECORD]
     if not plan.actions:
         if not dry_run:
@@ -180,7 +180,8 @@ def _pass(
     def report(out: Any) -> None:
         mark = "ok " if out.ok else "ERR"
         if out.action.kind is not ActionKind.RECORD or not out.ok:
-            say(f"  [{mark}] {out.action.kind.value:<13} {out.action.path}: {out.message}")
+            what = f"{shown(out.action.path)}: {shown(out.message)}"
+            say(f"  [{mark}] {out.action.kind.value:<13} {what}")
 
     result = eng.execute(approved, on_outcome=report)
     summary.done = [(o.action, o.message) for o in result.done]
@@ -193,7 +194,7 @@ def _pass(
     if summary.commit_error:
         say(f"The manifest could not be updated: {summary.commit_error}")
     for a in summary.conflicts():
-        say(f"Conflict on {a.path}: {a.reason}")
+        say(f"Conflict on {shown(a.path)}: {a.reason}")
     return summary
 
 

@@ -18,7 +18,7 @@ from s3syncd.errors import (
     EXIT_USAGE,
     SyncError,
 )
-from s3syncd.model import APPROVABLE_KINDS
+from s3syncd.model import APPROVABLE_KINDS, shown
 
 EPILOG = """\
 exit codes:
@@ -30,6 +30,9 @@ exit codes:
 The socket is found from the config (--config, $S3SYNCD_CONFIG or ./s3syncd.toml):
 $XDG_RUNTIME_DIR/s3syncd/<name>.sock, else <datafolder>/.S3/s3syncd.sock.
 """
+
+
+SKIPPED_SHOWN = 20
 
 
 def _out(text: str = "") -> None:
@@ -157,11 +160,18 @@ def show_status(st: dict[str, Any]) -> None:
             f"  transfers   {len(tr['active'])} running, "
             f"{_human_size(tr['bytes_done'])} of {_human_size(tr['bytes_total'])}"
         )
+    skipped = st.get("skipped") or []
+    if skipped:
+        _out(f"  not synced  {len(skipped)}:")
+        for item in skipped[:SKIPPED_SHOWN]:
+            _out(f"    {shown(item['path'])}  ({shown(item['reason'])})")
+        if len(skipped) > SKIPPED_SHOWN:
+            _out(f"    ... and {len(skipped) - SKIPPED_SHOWN} more (see 'status --json')")
     errors = st.get("errors", [])
     if errors:
         _out(f"  errors      {len(errors)} (latest last):")
         for e in errors[-5:]:
-            _out(f"    {e['time']}  {e['message']}")
+            _out(f"    {e['time']}  {shown(e['message'])}")
 
 
 def show_pending(items: list[dict[str, Any]]) -> None:
@@ -175,11 +185,11 @@ def show_pending(items: list[dict[str, Any]]) -> None:
             (
                 it["id"],
                 it["kind"] + state,
-                it["path"],
+                shown(it["path"]),
                 _human_size(it["size"]),
-                it["edited_by"] or "-",
+                shown(it["edited_by"] or "-"),
                 (it["queued_at"] or "")[:19].replace("T", " "),
-                it["error"] or it["reason"],
+                shown(it["error"] or it["reason"]),
             )
         )
     widths = [max(len(str(r[i])) for r in rows) for i in range(6)]

@@ -430,6 +430,7 @@ class Daemon:
                 "poll_interval": self.cfg.daemon.poll_interval,
                 "errors": list(self.errors),
                 "counts": dict(eng.counts()),
+                "skipped": eng.skipped_files(),
                 "conditional_writes": eng.conditional_writes,
                 "held": self.brake.describe() if self.brake.engaged else None,
                 "transfers": {

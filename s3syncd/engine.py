@@ -167,6 +167,7 @@ class Engine:
         result = localfs.scan(self.cfg.datafolder, index, self._ignored)
         with self.lock:
             self.index = result.files
+            _log_new_skips(self.skipped, result.skipped)
             self.skipped = result.skipped
             self._save_local_tables()
         log.info(
@@ -187,6 +188,7 @@ class Engine:
         with self.lock:
             changed = after != self.index
             self.index = after
+            _log_new_skips(self.skipped, skipped)
             # Re-examined paths are judged afresh: forget why they were skipped before.
             for p in [s for s in self.skipped if _under_any(s, wanted)]:
                 changed = True
@@ -477,6 +479,11 @@ class Engine:
         return time.strftime("%Y%m%d-%H%M%S", time.localtime(self.clock()))
 
     # --- summary ------------------------------------------------------------------------
+    def skipped_files(self) -> list[dict[str, str]]:
+        """Every path not synced and why, for ``status`` (names exactly as on disk)."""
+        with self.lock:
+            return [{"path": p, "reason": why} for p, why in sorted(self.skipped.items())]
+
     def counts(self) -> Mapping[str, int]:
         with self.lock:
             return {
@@ -508,6 +515,14 @@ def _guard(change: RowChange, known: Mapping[str, Row]) -> RowChange:
 
 def _others(rows: Mapping[str, Row], ours: set[str]) -> dict[str, Row]:
     return {p: r for p, r in rows.items() if p not in ours}
+
+
+def _log_new_skips(known: Mapping[str, str], found: Mapping[str, str]) -> None:
+    """Say once why a path is not synced: when first seen, or when the reason changes
+    (``status`` lists them all the time)."""
+    for path, why in sorted(found.items()):
+        if known.get(path) != why:
+            log.warning("not syncing %r: %s", path, why)
 
 
 def _under_any(path: str, roots: set[str]) -> bool:

@@ -137,3 +137,9 @@ class CancelledError(SyncError):
     """Cancelled."""
 
     code = "cancelled"
+
+
+class SymlinkInPathError(UnsafePathError):
+    """A folder on the way to a local path is a symbolic link; nothing is written through it."""
+
+    code = "symlink_in_path"

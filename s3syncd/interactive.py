@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from s3syncd.errors import ConfigError
-from s3syncd.model import Action, ActionKind, Resolution
+from s3syncd.model import Action, ActionKind, Resolution, shown
 
 Ask = Callable[[str], str]
 Say = Callable[[str], None]
@@ -32,7 +32,7 @@ def human_size(size: int | None) -> str:
 
 
 def describe(action: Action) -> str:
-    return f"{action.path}  [{human_size(action.size)}]  {action.reason}"
+    return f"{shown(action.path)}  [{human_size(action.size)}]  {action.reason}"
 
 
 def parse_selection(answer: str, count: int) -> list[int] | None:

@@ -16,8 +16,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from s3syncd.errors import StaleActionError, TransferError
-from s3syncd.model import STATE_DIR, TIME_FORMAT, LocalFile, is_legacy_excluded, tagged_name
+from s3syncd.errors import StaleActionError, SymlinkInPathError, TransferError
+from s3syncd.model import (
+    STATE_DIR,
+    TIME_FORMAT,
+    LocalFile,
+    fit_name,
+    is_legacy_excluded,
+    path_problem,
+    tagged_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +101,23 @@ def examine(
         return None, "name contains '.S3', which the original package cannot sync"
     if ignored(rel):
         return None, "ignored"
+    # The manifest reader's rule: a name it would refuse must never be uploaded (the
+    # next pass would then take the refused row for a remote delete).
+    problem = path_problem(rel)
+    if problem is not None:
+        return None, f"unsafe name, not synced: {problem}"
     full = root / rel
     try:
         st = lstat(str(full))
-    except FileNotFoundError:
-        return None, None
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None  # NotADirectory: a folder on the way became a file
     except OSError as exc:
         return None, f"cannot stat: {exc.strerror}"
     if stat.S_ISLNK(st.st_mode):
         return None, "symbolic link (not synced)"
     if not stat.S_ISREG(st.st_mode):
-        return None, None
+        # Present but unreadable as a file: not absent, or it would be proposed as a delete.
+        return None, f"not a regular file ({_special_kind(st.st_mode)}); not synced"
     cached = index.get(rel)
     if cached and cached.size == st.st_size and cached.mtime_ns == st.st_mtime_ns:
         return cached, None
@@ -117,6 +131,18 @@ def examine(
     if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
         return None, "changing while being read; will retry"
     return LocalFile(rel, st.st_size, st.st_mtime_ns, digest), None
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    return "special file"
 
 
 def scan(
@@ -154,7 +180,9 @@ def rescan_paths(
         full = root / rel
         if full.is_dir() and not full.is_symlink():
             # Walk from the data folder's root, so every rule sees the whole relative path
-            # (e.g. 'run.S3/x.csv' is legacy-excluded exactly as in a full scan).
+            # (e.g. 'run.S3/x.csv' is legacy-excluded exactly as in a full scan). A file
+            # that became this folder is gone too.
+            out.pop(rel, None)
             for p in [p for p in out if p.startswith(rel + "/")]:
                 out.pop(p)
             for child, _entry in _walk(root, rel, os.scandir, skipped):
@@ -175,7 +203,35 @@ def rescan_paths(
                 skipped[rel] = why
         else:
             out[rel] = found
+            # A folder that became this file: nothing below it exists any more.
+            for p in [p for p in out if p.startswith(rel + "/")]:
+                out.pop(p)
+                skipped.pop(p, None)
     return out, skipped
+
+
+def refuse_symlinked_parents(root: Path, rel: str) -> None:
+    """Raise SymlinkInPathError if a folder on the way from ``root`` to ``rel`` is a link.
+
+    A write, rename or trash move through ``linkdir -> /elsewhere`` would change files
+    outside the data folder. ``root`` itself may be a link; missing folders are fine (we
+    create them as real ones). The last component is not checked: replacing or moving a
+    link itself does not reach through it.
+    """
+    path = root
+    for part in rel.split("/")[:-1]:
+        path = path / part
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise TransferError(f"cannot check {rel}: {exc.strerror}") from exc
+        if stat.S_ISLNK(st.st_mode):
+            folder = path.relative_to(root).as_posix()
+            raise SymlinkInPathError(
+                f"not writing {rel}: {folder} is a symbolic link (nothing is written through one)"
+            )
 
 
 def check_unchanged(root: Path, rel: str, expected: LocalFile | None) -> None:
@@ -204,6 +260,7 @@ def install(
     """Rename a verified download (of content ``md5``) over ``rel`` if the local file is
     still as planned; returns the installed file's entry for the index."""
     target = root / rel
+    refuse_symlinked_parents(root, rel)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         if mtime is not None:
@@ -222,7 +279,7 @@ def unique_path(path: Path) -> Path:
         return path
     n = 2
     while True:
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        candidate = path.with_name(fit_name(path.stem, f"-{n}", path.suffix))
         if not candidate.exists():
             return candidate
         n += 1
@@ -230,6 +287,8 @@ def unique_path(path: Path) -> Path:
 
 def move_to_trash(root: Path, rel: str, trash: Path, stamp: str) -> Path:
     """Move a local file into ``.S3/trash/<stamp>/<rel>`` (same filesystem: a rename)."""
+    refuse_symlinked_parents(root, rel)
+    refuse_symlinked_parents(trash, f"{stamp}/{rel}")
     dest = unique_path(trash / stamp / rel)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -241,12 +300,14 @@ def move_to_trash(root: Path, rel: str, trash: Path, stamp: str) -> Path:
 
 def conflict_name(rel: str, user: str, stamp: str) -> str:
     """``dir/name.conflict-<user>-<YYYYmmdd-HHMMSS>.ext``."""
-    safe_user = "".join(c if c.isalnum() or c in "-_" else "_" for c in user) or "user"
+    safe_user = "".join(c if c.isalnum() or c in "-_" else "_" for c in user[:64]) or "user"
     return tagged_name(rel, f"conflict-{safe_user}-{stamp}")
 
 
 def rename_aside(root: Path, rel: str, new_rel: str) -> str:
     """Rename ``rel`` to a free name near ``new_rel``; returns the relative name used."""
+    refuse_symlinked_parents(root, rel)
+    refuse_symlinked_parents(root, new_rel)
     dest = unique_path(root / new_rel)
     try:
         os.replace(root / rel, dest)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import posixpath
+import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -13,6 +15,9 @@ from s3syncd.errors import UnsafePathError
 STATE_DIR = ".S3"
 LEGACY_COLUMNS = ("File", "Edited By", "Time Edited", "Checksum")
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+# The longest file or folder name (in UTF-8 bytes) that common filesystems take.
+MAX_NAME_BYTES = 255
+_DRIVE_RE = re.compile(r"[A-Za-z]:")
 
 
 class ActionKind(enum.Enum):
@@ -143,23 +148,60 @@ class Plan:
 
 
 def validate_rel_path(path: str) -> str:
-    """Return ``path`` if it is a safe relative path with '/' separators, else raise.
+    """Return ``path`` if it is a safe relative path with '/' separators, else raise
+    UnsafePathError saying why (see :func:`path_problem`)."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise UnsafePathError(f"unsafe path {path!r}: {problem}")
+    return path
 
-    Refuses absolute paths, drive letters, backslashes, '..' and '.' segments, empty
-    segments, control characters, and anything inside the state folder.
+
+def path_problem(path: str) -> str | None:
+    """Why ``path`` is not a safe relative path with '/' separators; None if it is.
+
+    The one rule for manifest rows, listed keys and local names alike (a local file it
+    refuses is skipped, never uploaded). Refuses: absolute paths and Windows drive letters
+    (``x:notes.txt`` is drive-relative on Windows, so an old client there would write it
+    on drive X:; a colon anywhere else is allowed), backslashes, '..' and '.' segments,
+    empty segments, control characters (C0, DEL, C1), names that are not valid UTF-8
+    (``os.scandir``'s surrogate escapes: the CSV cannot hold them), a segment longer than
+    255 bytes (no filesystem takes it), and anything inside the state folder.
     """
-    if not path or path != path.strip("\n\r"):
-        raise UnsafePathError(f"unsafe path {path!r}: empty or has line breaks")
-    if any(ord(c) < 32 for c in path) or "\\" in path:
-        raise UnsafePathError(f"unsafe path {path!r}: control characters or backslash")
-    if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
-        raise UnsafePathError(f"unsafe path {path!r}: absolute")
+    if not path:
+        return "empty"
+    if any(unicodedata.category(c) == "Cc" for c in path):
+        return "control characters or line breaks"
+    if any(unicodedata.category(c) == "Cs" for c in path):
+        return "not valid UTF-8"
+    if "\\" in path:
+        return "backslash"
+    if path.startswith("/"):
+        return "absolute"
+    if _DRIVE_RE.match(path):
+        return "absolute (a Windows drive letter)"
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
-        raise UnsafePathError(f"unsafe path {path!r}: empty, '.' or '..' segment")
+        return "empty, '.' or '..' segment"
+    if any(len(p.encode()) > MAX_NAME_BYTES for p in parts):
+        return f"a name longer than {MAX_NAME_BYTES} bytes"
     if parts[0] == STATE_DIR or posixpath.normpath(path) != path:
-        raise UnsafePathError(f"unsafe path {path!r}: inside {STATE_DIR}/ or not normal")
-    return path
+        return f"inside {STATE_DIR}/ or not normal"
+    return None
+
+
+def shown(text: object) -> str:
+    """``text`` safe for a terminal: control, format (bidi overrides like U+202E) and other
+    non-printing characters are escaped as ``\\n``, ``\\x1b``, ``\\u202e``, and a backslash
+    as ``\\\\``, so a file name cannot rewrite the line or pose as another name."""
+    out = []
+    for c in str(text):
+        if c == "\\":
+            out.append("\\\\")
+        elif c.isprintable():
+            out.append(c)
+        else:
+            out.append(repr(c)[1:-1])
+    return "".join(out)
 
 
 def is_legacy_excluded(path: str) -> bool:
@@ -170,11 +212,25 @@ def is_legacy_excluded(path: str) -> bool:
 def tagged_name(path: str, tag: str) -> str:
     """``dir/name.<tag>.ext``: a sibling name that keeps the extension (and so the app).
 
-    A name without an extension, or a dotfile like ``.env``, gets the tag at the end.
+    A name without an extension, or a dotfile like ``.env``, gets the tag at the end. The
+    name is shortened (see :func:`fit_name`) so that it still fits in a folder.
     """
     head, _, name = path.rpartition("/")
     stem, dot, ext = name.rpartition(".")
     if not stem:
         stem, dot, ext = name, "", ""
-    tagged = f"{stem}.{tag}{dot}{ext}"
+    tagged = fit_name(stem, f".{tag}", f"{dot}{ext}")
     return f"{head}/{tagged}" if head else tagged
+
+
+def fit_name(stem: str, tag: str, ext: str) -> str:
+    """``stem + tag + ext`` in at most MAX_NAME_BYTES UTF-8 bytes: the stem is cut (at a
+    character boundary), the tag always kept; an extension too long to keep is cut as part
+    of the stem."""
+    budget = MAX_NAME_BYTES - len(tag.encode())
+    if len(ext.encode()) > budget // 2:
+        stem, ext = stem + ext, ""
+    room = budget - len(ext.encode())
+    if len(stem.encode()) > room:
+        stem = stem.encode()[:room].decode("utf-8", "ignore")
+    return stem + tag + ext

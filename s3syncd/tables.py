@@ -120,7 +120,13 @@ def parse_rows(data: bytes, source: str) -> list[Row]:
     if len(frame) == 0:
         return []
     last = frame.iloc[:, -1].tolist()
-    columns = [[_clean(v) for v in frame[name].tolist()] for name in LEGACY_COLUMNS]
+    # Only the line's last cell can have taken a stray CR from its line end; a CR inside
+    # another (quoted) cell is part of the value and must be written back as it was.
+    end = frame.columns[-1]
+    columns = [
+        [_clean(v) if name == end else str(v) for v in frame[name].tolist()]
+        for name in LEGACY_COLUMNS
+    ]
     rows = [Row(*values) for values in zip(*columns, strict=True)]
     # pandas pads a short row with empty strings, so an empty last cell may be a ragged
     # row; only then is the text re-scanned (with csv) to tell which, and where.
@@ -303,6 +309,8 @@ def render_rows(rows: Iterable[Row], *, sort: bool = True) -> bytes:
         problem = unwritable(row)
         if problem:
             raise ValueError(problem)
+    if any("\r" in cell for r in items for cell in r.to_list()):
+        return _render_quoting_cr(items)
     frame = pd.DataFrame(
         {
             FILE: [r.path for r in items],
@@ -401,10 +409,29 @@ def _fields(record: str) -> list[str]:
     return next(csv.reader(io.StringIO(record, newline="")), [])
 
 
+def _quote_cell(cell: str) -> str:
+    """Minimal CSV quoting that also quotes a bare carriage return (see _render_quoting_cr)."""
+    if any(c in cell for c in ',"\n\r'):
+        return '"' + cell.replace('"', '""') + '"'
+    return cell
+
+
 def _render_cells(cells: list[str], newline: str) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator=newline).writerow(cells)
-    return buf.getvalue()
+    return ",".join(_quote_cell(c) for c in cells) + newline
+
+
+def _render_quoting_cr(items: list[Row]) -> bytes:
+    """What ``to_csv`` writes, except that a cell holding a carriage return is quoted:
+    pandas (and the csv module, with a '\\n' line end) leave it bare, so every reader
+    would split the row there and the whole table would become unreadable. Such a row
+    only comes from someone else's table (we never sync such a name), and we must write it
+    back readable."""
+
+    lines = [",".join(LEGACY_COLUMNS)]
+    for r in items:
+        cells = (r.path, legacy_editor(r.edited_by), r.time_edited, r.checksum)
+        lines.append(",".join(_quote_cell(c) for c in cells))
+    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def legacy_unsafe_paths(rows: Iterable[Row]) -> list[str]:
