@@ -58,6 +58,9 @@ class Context:
     progress: ProgressCallback | None = None
     # Set on shutdown: actions not yet started are abandoned (they stay approved).
     cancel: threading.Event | None = None
+    # Whether the remote enforces upload preconditions (the start-up probe). If not, the
+    # object an upload replaces is first copied into .S3/deleted/.
+    conditional_writes: bool = True
 
     @property
     def root(self) -> Path:
@@ -98,9 +101,38 @@ def _row_for(ctx: Context, lf: LocalFile) -> Row:
     return Row(lf.path, ctx.user, localfs.time_edited(lf.mtime_ns / 1e9), lf.md5)
 
 
-def _send(ctx: Context, lf: LocalFile) -> tuple[RowChange, LocalFile]:
+def _send(
+    ctx: Context, action: Action, lf: LocalFile, keep_copy: bool = False
+) -> tuple[RowChange, LocalFile]:
+    """Upload ``lf`` over the remote version ``action`` was planned from, and nothing else.
+
+    Planned absent: create-only. Planned over a known object: that object, named by its
+    ETag, is the only one the upload may replace. A refusal is a re-plan, never an
+    overwrite. ``keep_copy`` first copies the replaced object into the remote trash.
+    """
     localfs.check_unchanged(ctx.root, lf.path, lf)
-    sent = ctx.remote.upload(ctx.root / lf.path, lf.path, lf.md5, ctx.progress)
+    conditions = _replacing(ctx, action)
+    if ctx.conditional_writes:
+        if_match, create_only = conditions
+    else:
+        # Nothing stops a colleague's write landing after our check: keep what we replace.
+        if_match, create_only = None, False
+        keep_copy = keep_copy or conditions[0] is not None
+    if keep_copy and conditions[0] is not None:
+        trash_key(ctx, lf.path)  # the colleague's version stays recoverable
+    try:
+        sent = ctx.remote.upload(
+            ctx.root / lf.path,
+            lf.path,
+            lf.md5,
+            ctx.progress,
+            if_match=if_match,
+            create_only=create_only,
+        )
+    except PreconditionFailedError:
+        raise StaleActionError(
+            f"{lf.path} changed on the remote since the action was planned; not replaced"
+        ) from None
     try:
         localfs.check_unchanged(ctx.root, lf.path, lf)
     except StaleActionError:
@@ -112,14 +144,38 @@ def _send(ctx: Context, lf: LocalFile) -> tuple[RowChange, LocalFile]:
     return RowChange(lf.path, _row_for(ctx, lf)), lf
 
 
+def _replacing(ctx: Context, action: Action) -> tuple[str | None, bool]:
+    """(if_match ETag, create_only) naming the remote version ``action`` was planned over.
+
+    A HEAD right before the upload: if the object is no longer that version, the action
+    is stale. An object whose MD5 nobody recorded (an old client's multipart upload) can
+    only be named by the ETag seen now.
+    """
+    path = action.path
+    current = ctx.remote.stat(path)
+    if action.remote_md5 is None:
+        if current is not None and not ctx.conditional_writes:
+            raise StaleActionError(f"{path} appeared on the remote since the action was planned")
+        return None, True
+    if current is None:
+        raise StaleActionError(f"{path} was deleted on the remote since the action was planned")
+    planned = action.remote_md5
+    if planned != UNKNOWN_MD5 and current.md5 is not None and current.md5 != planned:
+        raise StaleActionError(f"{path} changed on the remote since the action was planned")
+    return current.etag or None, False
+
+
 def _upload(ctx: Context, action: Action) -> Outcome:
     assert action.local is not None
-    change, lf = _send(ctx, action.local)
+    change, lf = _send(ctx, action, action.local)
     return Outcome(action, True, "uploaded", (change,), {lf.path: lf.md5})
 
 
-def _fetch(ctx: Context, action: Action, expected_local: LocalFile | None) -> LocalFile:
-    """Download the remote version of ``action.path`` over the local one, verified."""
+def _fetch(ctx: Context, action: Action) -> tuple[Path, str]:
+    """Download the remote version of ``action.path`` into ``.S3/tmp``, verified.
+
+    Returns (temp file, MD5); the caller installs it and removes the temp file.
+    """
     tmp = ctx.state.tmp / f"{uuid.uuid4().hex}.part"
     ctx.state.tmp.mkdir(parents=True, exist_ok=True)
     try:
@@ -130,14 +186,34 @@ def _fetch(ctx: Context, action: Action, expected_local: LocalFile | None) -> Lo
             raise ChecksumMismatchError(
                 f"{action.path}: downloaded MD5 {digest} does not match the manifest's {want}"
             )
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, digest
+
+
+def _install(
+    ctx: Context, action: Action, fetched: tuple[Path, str], expected_local: LocalFile | None
+) -> LocalFile:
+    tmp, digest = fetched
+    try:
         mtime = localfs.parse_time_edited(action.remote.time_edited) if action.remote else None
-        return localfs.install(ctx.root, action.path, tmp, digest, expected_local, mtime)
+        return localfs.install(
+            ctx.root,
+            action.path,
+            tmp,
+            digest,
+            expected_local,
+            mtime,
+            trash=ctx.state.trash,
+            stamp=ctx.stamp(),
+        )
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def _download(ctx: Context, action: Action) -> Outcome:
-    lf = _fetch(ctx, action, action.local)
+    lf = _install(ctx, action, _fetch(ctx, action), action.local)
     changes: tuple[RowChange, ...] = ()
     if action.remote is None or action.remote.checksum != lf.md5:
         # An object nobody catalogued (or whose row is stale): record what it really is,
@@ -207,33 +283,43 @@ def _conflict(ctx: Context, action: Action, resolution: Resolution) -> Outcome:
             return Outcome(
                 action, True, "kept local (deleted on remote, copy kept)", (change,), {path: None}
             )
-        if has_remote:
-            trash_key(ctx, path)  # the colleague's version stays recoverable
-        change, sent = _send(ctx, lf)
+        change, sent = _send(ctx, action, lf, keep_copy=has_remote)
         return Outcome(action, True, "kept local (uploaded)", (change,), {path: sent.md5})
     if resolution is Resolution.REMOTE:
         local_updates: dict[str, LocalFile | None] = {}
-        if lf is not None:
-            localfs.check_unchanged(ctx.root, path, lf)
-            localfs.move_to_trash(ctx.root, path, ctx.state.trash, ctx.stamp())
-            local_updates[path] = None
-        if not has_remote:
+        fetched = _fetch(ctx, action) if has_remote else None
+        try:
+            if lf is not None:
+                localfs.check_unchanged(ctx.root, path, lf)
+                localfs.move_to_trash(ctx.root, path, ctx.state.trash, ctx.stamp())
+                local_updates[path] = None
+        except BaseException:
+            if fetched is not None:
+                fetched[0].unlink(missing_ok=True)
+            raise
+        if fetched is None:
             return Outcome(
                 action, True, "kept remote (local moved to trash)", (), {path: None}, local_updates
             )
-        got = _fetch(ctx, action, None)
+        got = _install(ctx, action, fetched, None)
         return Outcome(action, True, "kept remote (downloaded)", (), {path: got.md5}, {path: got})
-    # BOTH, with a remote version: the local one steps aside under a conflict name.
+    # BOTH, with a remote version: download and verify it first; only then does the local
+    # one step aside under a conflict name (a failed download leaves it at its name).
+    fetched = _fetch(ctx, action)
     updates: dict[str, LocalFile | None] = {}
     message = "kept both"
-    if lf is not None:
-        localfs.check_unchanged(ctx.root, path, lf)
-        aside = localfs.rename_aside(
-            ctx.root, path, localfs.conflict_name(path, ctx.user, ctx.stamp())
-        )
-        updates[path] = None
-        message = f"kept both: local copy renamed to {aside}"
-    got = _fetch(ctx, action, None)
+    try:
+        if lf is not None:
+            localfs.check_unchanged(ctx.root, path, lf)
+            aside = localfs.rename_aside(
+                ctx.root, path, localfs.conflict_name(path, ctx.user, ctx.stamp())
+            )
+            updates[path] = None
+            message = f"kept both: local copy renamed to {aside}"
+    except BaseException:
+        fetched[0].unlink(missing_ok=True)
+        raise
+    got = _install(ctx, action, fetched, None)
     updates[path] = got
     return Outcome(action, True, message, (), {path: got.md5}, updates)
 

@@ -190,10 +190,10 @@ class CountingRemote(LocalDirRemote):
         self.deletes: list[str] = []
 
     def upload(
-        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None
+        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None, **kw: Any
     ) -> RemoteObject:
         self.uploads.append(key)
-        return super().upload(src, key, md5, progress)
+        return super().upload(src, key, md5, progress, **kw)
 
     def download(self, key: str, dest: Path, progress: ProgressCallback | None = None) -> None:
         self.downloads.append(key)
@@ -218,12 +218,12 @@ class EditDuringUploadRemote(LocalDirRemote):
             fh.write(self.extra)
 
     def upload(
-        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None
+        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None, **kw: Any
     ) -> RemoteObject:
         armed, self.armed = self.armed, False
         if armed and self.when == "before":
             self._edit(src)
-        obj = super().upload(src, key, md5, progress)
+        obj = super().upload(src, key, md5, progress, **kw)
         if armed and self.when == "after":
             self._edit(src)
         return obj
@@ -412,10 +412,10 @@ class TearingRemote(LocalDirRemote):
         self.armed = False
 
     def upload(
-        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None
+        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None, **kw: Any
     ) -> RemoteObject:
         if not self.armed:
-            return super().upload(src, key, md5, progress)
+            return super().upload(src, key, md5, progress, **kw)
         self.armed = False
         done = False
 
@@ -425,7 +425,7 @@ class TearingRemote(LocalDirRemote):
                 done = True
                 src.write_bytes(self.new_content)
 
-        return super().upload(src, key, md5, save_mid_way)
+        return super().upload(src, key, md5, save_mid_way, **kw)
 
 
 def test_torn_upload_never_reaches_a_colleague(world: World) -> None:
