@@ -2,8 +2,9 @@
 
 - Downloads go to ``.S3/tmp``, are checked against the manifest's MD5, then renamed over
   the target only if the local file is still as planned.
-- A remote delete first copies the object into ``.S3/deleted/<path>`` (never over an
-  earlier copy); a local delete moves the file into ``.S3/trash/``.
+- A remote delete first copies the object into ``.S3/deleted/<path>~<stamp>-<user>``
+  (never over an earlier copy, never at a key the original package writes); a local
+  delete moves the file into ``.S3/trash/``.
 - An upload whose source changes while it is sent is not recorded.
 - A conflict keeps both sides unless the user chose one; even then the losing side goes to
   the (remote or local) trash.
@@ -29,7 +30,7 @@ from s3syncd.errors import (
     SyncError,
     TransferError,
 )
-from s3syncd.model import Action, ActionKind, LocalFile, Resolution, Row, tagged_name
+from s3syncd.model import Action, ActionKind, LocalFile, Resolution, Row
 from s3syncd.reconcile import UNKNOWN_MD5
 from s3syncd.remote.base import TRASH_PREFIX, ProgressCallback, Remote
 from s3syncd.state import RowChange, StateDir
@@ -225,18 +226,24 @@ def _download(ctx: Context, action: Action) -> Outcome:
 
 
 def trash_key(ctx: Context, path: str) -> str:
-    """Copy the object into ``.S3/deleted/<path>``, or a dated name beside an older copy."""
-    stamp = ctx.stamp()
-    candidates = [path, tagged_name(path, f"deleted-{stamp}")]
-    candidates += [tagged_name(path, f"deleted-{stamp}-{n}") for n in range(2, 50)]
-    for rel in candidates:
-        key = TRASH_PREFIX + rel
+    """Copy the object into ``.S3/deleted/<path>~<YYYYmmdd-HHMMSS>-<user>`` (``-2``, ``-3``
+    ... beside an earlier copy) and return the key.
+
+    Always suffixed: the original package writes ``.S3/deleted/<basename>`` blindly, so an
+    unsuffixed key could be overwritten by an old client's later delete.
+    """
+    stem = f"{TRASH_PREFIX}{path}~{ctx.stamp()}-{_safe_user(ctx.user)}"
+    for key in [stem] + [f"{stem}-{n}" for n in range(2, 100)]:
         try:
             ctx.remote.copy(path, key)
         except PreconditionFailedError:
             continue
         return key
     raise TransferError(f"{path}: could not find a free name under {TRASH_PREFIX}")
+
+
+def _safe_user(user: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in user) or "user"
 
 
 def _remove_remote(ctx: Context, action: Action) -> RowChange:

@@ -563,7 +563,7 @@ def test_crash_after_a_remote_delete_is_finished_by_the_next_pass(world: World) 
     with pytest.raises(Crash):
         alice.sync()
     assert not world.obj("old.csv").exists()
-    assert world.obj(".S3/deleted/old.csv").read_bytes() == b"to be deleted\n"
+    assert world.obj(f".S3/deleted/old.csv~{STAMP}-alice").read_bytes() == b"to be deleted\n"
     assert "old.csv" in world.rows()  # the crash came before the commit
     assert eng.state.load_journal() == []
 
@@ -714,7 +714,8 @@ def test_remote_delete_keeps_every_deleted_copy(world: World) -> None:
     assert kinds(summary) == {"sub/dir/report.csv": ActionKind.DELETE_REMOTE}
     assert summary.ok
     assert not world.obj("sub/dir/report.csv").exists()
-    assert world.obj(".S3/deleted/sub/dir/report.csv").read_bytes() == b"first report\n"
+    first = world.obj(f".S3/deleted/sub/dir/report.csv~{STAMP}-alice")
+    assert first.read_bytes() == b"first report\n"
     assert "sub/dir/report.csv" not in world.rows()
     assert "sub/dir/report.csv" not in alice.base()
 
@@ -724,8 +725,8 @@ def test_remote_delete_keeps_every_deleted_copy(world: World) -> None:
     alice.path("sub/dir/report.csv").unlink()
     assert alice.sync().ok
 
-    assert world.obj(".S3/deleted/sub/dir/report.csv").read_bytes() == b"first report\n"
-    dated = world.obj(f".S3/deleted/sub/dir/report.deleted-{STAMP}.csv")
+    assert first.read_bytes() == b"first report\n"
+    dated = world.obj(f".S3/deleted/sub/dir/report.csv~{STAMP}-alice-2")
     assert dated.read_bytes() == b"second report, recreated\n"
     # no third copy, nothing else in the trash
     trash = sorted(
@@ -734,8 +735,8 @@ def test_remote_delete_keeps_every_deleted_copy(world: World) -> None:
         if p.is_file()
     )
     assert trash == [
-        ".S3/deleted/sub/dir/report.csv",
-        f".S3/deleted/sub/dir/report.deleted-{STAMP}.csv",
+        f".S3/deleted/sub/dir/report.csv~{STAMP}-alice",
+        f".S3/deleted/sub/dir/report.csv~{STAMP}-alice-2",
     ]
 
     raw = world.obj(".S3/deletedS3.csv").read_bytes()
@@ -792,7 +793,7 @@ def test_conflict_keep_local_keeps_the_remote_version_in_the_remote_trash(
     assert [o.ok for o in report.outcomes] == [True]
     assert world.obj("doc.txt").read_bytes() == b"alice's edit\n"
     assert world.rows()["doc.txt"].checksum == md5(b"alice's edit\n")
-    assert world.obj(".S3/deleted/doc.txt").read_bytes() == b"bob's edit\n"
+    assert world.obj(f".S3/deleted/doc.txt~{STAMP}-alice").read_bytes() == b"bob's edit\n"
     assert alice.base()["doc.txt"] == md5(b"alice's edit\n")
     assert bob.sync().ok
     assert bob.read("doc.txt") == b"alice's edit\n"
@@ -840,7 +841,7 @@ def test_conflict_deleted_locally_changed_remotely_keep_local_keeps_a_remote_cop
     report = alice.execute(actions, Resolution.LOCAL)
     assert [o.ok for o in report.outcomes] == [True]
     assert not world.obj("doc.txt").exists()
-    assert world.obj(".S3/deleted/doc.txt").read_bytes() == b"bob's edit\n"
+    assert world.obj(f".S3/deleted/doc.txt~{STAMP}-alice").read_bytes() == b"bob's edit\n"
     assert [r.checksum for r in world.tombstones()] == [md5(b"bob's edit\n")]
 
 
@@ -1076,7 +1077,7 @@ def test_mass_delete_is_held_even_with_everything_auto_approved(world: World) ->
     assert summary.ok and len(summary.done) == 6
     assert sorted(world.rows()) == [f"f{i}.csv" for i in range(6, 10)]
     assert sorted(p.name for p in world.obj(".S3/deleted").iterdir()) == [
-        f"f{i}.csv" for i in range(6)
+        f"f{i}.csv~{STAMP}-alice" for i in range(6)
     ]
 
 
