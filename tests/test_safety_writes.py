@@ -12,167 +12,49 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from conftest import unique_name
+from sites import MiB, Shared, Side, local_shared, md5, s3_shared
 
-from s3syncd import api, executor
-from s3syncd.config import Config, build_config
+from s3syncd import executor
 from s3syncd.engine import Engine
 from s3syncd.errors import PreconditionFailedError
-from s3syncd.model import APPROVABLE_KINDS, Action, ActionKind, Resolution
+from s3syncd.model import ActionKind, Resolution
 from s3syncd.remote.base import TRASH_PREFIX, Remote
 from s3syncd.remote.localdir import LocalDirRemote
 
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
-    from s3server import S3Server
-
-
-MiB = 1024 * 1024
-ALL = frozenset(APPROVABLE_KINDS)
 STAMP = "20260101-000000"
 NOW = time.mktime((2026, 1, 1, 0, 0, 0, 0, 0, -1))
 
 
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
-def quiet(_text: str) -> None:
-    pass
-
-
-# --- platforms --------------------------------------------------------------------------------
-
-
-@dataclass
-class Shared:
-    """One remote (an S3 prefix or a Local folder) and a way to make engines on it."""
-
-    kind: str
-    tmp: Path
-    make_remote: Callable[[], Remote]
-    values: dict[str, Any]
-    dump: Callable[[], dict[str, bytes]]  # every key on the remote (state folder too) -> bytes
-    opened: list[Remote]
-
-    def remote(self) -> Remote:
-        rem = self.make_remote()
-        self.opened.append(rem)
-        return rem
-
-    def site(self, name: str) -> Side:
-        folder = self.tmp / name / "Data"
-        folder.mkdir(parents=True, exist_ok=True)
-        cfg = build_config({**self.values, "datafolder": str(folder), "user_name": name}, self.tmp)
-        engine = Engine(cfg, self.remote(), name, workers=1, clock=lambda: NOW)
-        return Side(name, folder, cfg, engine)
-
-
-@dataclass
-class Side:
-    name: str
-    folder: Path
-    cfg: Config
-    engine: Engine
-
-    def write(self, rel: str, data: bytes) -> None:
-        """Write with a fresh mtime, so a same-size edit is always seen."""
-        target = self.folder / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        old = target.stat().st_mtime_ns if target.exists() else 0
-        target.write_bytes(data)
-        bumped = max(old + 1_000_000_000, target.stat().st_mtime_ns)
-        os.utime(target, ns=(bumped, bumped))
-
-    def read(self, rel: str) -> bytes:
-        return (self.folder / rel).read_bytes()
-
-    def sync(self) -> api.SyncSummary:
-        return api.run_once(self.cfg, auto=ALL, ask=None, say=quiet, engine=self.engine)
-
-    def plan(self) -> list[Action]:
-        eng = self.engine
-        eng.prepare()
-        eng.scan_local()
-        eng.refresh_remote(listing=True, force=True)
-        plan = eng.plan()
-        eng.apply_agreement(plan)
-        return list(plan.actions)
-
-    def everything(self) -> set[str]:
-        """MD5 of every file in the data folder, the local trash and conflict copies included."""
-        return {md5(p.read_bytes()) for p in self.folder.rglob("*") if p.is_file()}
-
-
-def _s3_dump(client: S3Client, bucket: str, prefix: str) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for page in client.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=prefix + "/"
-    ):
-        for item in page.get("Contents", []):
-            body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"]
-            out[item["Key"][len(prefix) + 1 :]] = body.read()
-    return out
-
-
-def _dir_dump(root: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in root.rglob("*")
-        if p.is_file() and not p.relative_to(root).as_posix().startswith(".S3/.")
-    }
-
-
 @pytest.fixture(params=[pytest.param("S3", marks=pytest.mark.s3), "Local"])
 def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shared]:
-    opened: list[Remote] = []
     if request.param == "S3":
-        from s3syncd.remote.s3 import S3Remote
-
-        server: S3Server = request.getfixturevalue("s3_server")
-        bucket: str = request.getfixturevalue("s3_bucket")
-        client: S3Client = request.getfixturevalue("s3_client")
-        prefix = unique_name("p")
-
-        def make_s3() -> Remote:
-            return S3Remote(
-                bucket,
-                prefix,
-                server.client(),
-                multipart_threshold=5 * MiB,
-                multipart_chunksize=5 * MiB,
-            )
-
-        values: dict[str, Any] = {
-            "platform": "S3",
-            "s3.bucket": bucket,
-            "s3.prefix": prefix,
-            "s3.endpoint_url": server.endpoint,
-        }
-        world = Shared(
-            "S3", tmp_path, make_s3, values, lambda: _s3_dump(client, bucket, prefix), opened
+        world = s3_shared(
+            request.getfixturevalue("s3_server"),
+            request.getfixturevalue("s3_client"),
+            request.getfixturevalue("s3_bucket"),
+            unique_name("p"),
+            tmp_path,
+            multipart_threshold=5 * MiB,
+            multipart_chunksize=5 * MiB,
         )
     else:
-        root = tmp_path / "remote"
-        root.mkdir()
-        values = {"platform": "Local", "local.remote_path": str(root)}
-        world = Shared(
-            "Local", tmp_path, lambda: LocalDirRemote(root), values, lambda: _dir_dump(root), opened
-        )
+        world = local_shared(tmp_path)
     try:
         yield world
     finally:
-        for rem in opened:
-            rem.close()
+        world.close()
+
+
+def _site(shared: Shared, name: str) -> Side:
+    return shared.site(name, clock=lambda: NOW)
 
 
 # --- contract: upload preconditions ---------------------------------------------------------
@@ -258,7 +140,7 @@ def test_multipart_upload_keeps_md5_metadata_and_sent_bytes_hash(shared: Shared)
 
 
 def test_colleague_commit_during_our_batch_is_not_overwritten(shared: Shared) -> None:
-    alice, bob = shared.site("alice"), shared.site("bob")
+    alice, bob = _site(shared, "alice"), _site(shared, "bob")
     v0, va, vb = b"v0 base\n", b"alice's edit\n", b"bob's edit, committed first\n"
     alice.write("f.txt", v0)
     alice.write("a_first.txt", b"one\n")
@@ -305,7 +187,7 @@ def test_colleague_commit_during_our_batch_is_not_overwritten(shared: Shared) ->
 
 
 def test_upload_planned_absent_never_replaces_a_new_object(shared: Shared) -> None:
-    alice, bob = shared.site("alice"), shared.site("bob")
+    alice, bob = _site(shared, "alice"), _site(shared, "bob")
     alice.write("seed.txt", b"seed\n")
     assert alice.sync().ok
     alice.write("new.txt", b"alice's new file\n")
@@ -321,7 +203,7 @@ def test_upload_planned_absent_never_replaces_a_new_object(shared: Shared) -> No
 
 
 def test_keep_local_never_replaces_a_version_it_did_not_plan(shared: Shared) -> None:
-    alice, bob = shared.site("alice"), shared.site("bob")
+    alice, bob = _site(shared, "alice"), _site(shared, "bob")
     alice.write("f.txt", b"base\n")
     assert alice.sync().ok
     assert bob.sync().ok
@@ -355,7 +237,7 @@ def test_without_server_preconditions_the_replaced_object_is_copied_aside(
     root.mkdir()
     values = {"platform": "Local", "local.remote_path": str(root)}
     shared = Shared("Local", tmp_path, lambda: _BlindUploads(root), values, lambda: {}, [])
-    alice = shared.site("alice")
+    alice = _site(shared, "alice")
     alice.write("f.txt", b"v1\n")
     assert alice.sync().ok
     assert alice.engine.conditional_writes is False
@@ -376,7 +258,7 @@ def _context(engine: Engine) -> executor.Context:
 
 
 def test_download_over_an_unseen_local_edit_keeps_it(shared: Shared) -> None:
-    alice, bob = shared.site("alice"), shared.site("bob")
+    alice, bob = _site(shared, "alice"), _site(shared, "bob")
     alice.write("f.txt", b"version 0\n")
     assert alice.sync().ok
     assert bob.sync().ok
@@ -399,7 +281,7 @@ def test_download_over_an_unseen_local_edit_keeps_it(shared: Shared) -> None:
 
 
 def test_trash_keys_never_equal_what_the_original_writes(shared: Shared) -> None:
-    alice = shared.site("alice")
+    alice = _site(shared, "alice")
     alice.write("report.csv", b"first report\n")
     alice.write("sub/report.csv", b"sub report\n")
     for n in range(3):  # so that two deletes stay under the mass-delete brake
@@ -433,7 +315,7 @@ def test_trash_keys_never_equal_what_the_original_writes(shared: Shared) -> None
 def test_keep_both_keeps_the_local_file_until_the_remote_version_is_safe(
     shared: Shared,
 ) -> None:
-    alice, bob = shared.site("alice"), shared.site("bob")
+    alice, bob = _site(shared, "alice"), _site(shared, "bob")
     alice.write("f.txt", b"base\n")
     assert alice.sync().ok
     assert bob.sync().ok
