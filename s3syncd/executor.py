@@ -153,11 +153,12 @@ def _replacing(ctx: Context, action: Action) -> tuple[str | None, bool]:
     only be named by the ETag seen now.
     """
     path = action.path
-    current = ctx.remote.stat(path)
     if action.remote_md5 is None:
-        if current is not None and not ctx.conditional_writes:
+        # The server enforces create-only itself; without it, a HEAD is the best we have.
+        if not ctx.conditional_writes and ctx.remote.stat(path) is not None:
             raise StaleActionError(f"{path} appeared on the remote since the action was planned")
         return None, True
+    current = ctx.remote.stat(path)
     if current is None:
         raise StaleActionError(f"{path} was deleted on the remote since the action was planned")
     planned = action.remote_md5
@@ -247,12 +248,32 @@ def _safe_user(user: str) -> str:
 
 
 def _remove_remote(ctx: Context, action: Action) -> RowChange:
-    key = trash_key(ctx, action.path)
-    ctx.remote.delete(action.path)
+    """Copy the object into the remote trash, then delete it, if it is still the version
+    ``action`` was planned from (a colleague's newer version is a re-plan, not a delete)."""
+    path = action.path
+    if action.remote_md5 is None:
+        key: str | None = trash_key(ctx, path)
+        ctx.remote.delete(path)
+    else:
+        current = ctx.remote.stat(path)
+        if current is None:
+            key = None  # gone already: only the row is left to drop
+        else:
+            planned = action.remote_md5
+            if planned != UNKNOWN_MD5 and current.md5 is not None and current.md5 != planned:
+                raise StaleActionError(f"{path} changed on the remote since the action was planned")
+            key = trash_key(ctx, path)
+            try:
+                ctx.remote.delete(path, if_match=current.etag or None)
+            except PreconditionFailedError:
+                raise StaleActionError(
+                    f"{path} changed on the remote since the action was planned; not deleted"
+                ) from None
     tomb = action.remote or Row(
         action.path, ctx.user, localfs.time_edited(0), action.base_md5 or ""
     )
-    log.info("%s: remote copy kept at %s", action.path, key)
+    if key is not None:
+        log.info("%s: remote copy kept at %s", path, key)
     return RowChange(action.path, None, tomb if tomb.checksum else None)
 
 

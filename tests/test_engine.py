@@ -199,9 +199,9 @@ class CountingRemote(LocalDirRemote):
         self.downloads.append(key)
         super().download(key, dest, progress)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, **kw: Any) -> None:
         self.deletes.append(key)
-        super().delete(key)
+        super().delete(key, **kw)
 
 
 class EditDuringUploadRemote(LocalDirRemote):
@@ -545,8 +545,8 @@ def test_failed_manifest_commit_is_reported_and_kept_in_the_journal(
 class CrashAfterDeleteRemote(LocalDirRemote):
     """The process dies right after the object is deleted (copy kept, nothing recorded)."""
 
-    def delete(self, key: str) -> None:
-        super().delete(key)
+    def delete(self, key: str, **kw: Any) -> None:
+        super().delete(key, **kw)
         raise Crash
 
 

@@ -219,6 +219,38 @@ def test_keep_local_never_replaces_a_version_it_did_not_plan(shared: Shared) -> 
     assert shared.dump()["f.txt"] == b"bob 2, after alice planned\n"
 
 
+def test_remote_delete_never_deletes_a_version_it_did_not_plan(shared: Shared) -> None:
+    alice, bob = _site(shared, "alice"), _site(shared, "bob")
+    alice.write("f.txt", b"base\n")
+    for n in range(3):  # so that one delete stays under the mass-delete brake
+        alice.write(f"keep{n}.txt", b"keep\n")
+    assert alice.sync().ok
+    assert bob.sync().ok
+    (alice.folder / "f.txt").unlink()
+    plan = alice.plan()
+    assert [a.kind for a in plan] == [ActionKind.DELETE_REMOTE]
+    bob.write("f.txt", b"bob's new version, after alice planned\n")
+    assert bob.sync().ok
+    out = executor.run(_context(alice.engine), plan[0])
+    assert not out.ok and out.stale, out.message
+    assert shared.dump()["f.txt"] == b"bob's new version, after alice planned\n"
+
+
+def test_conditional_delete_contract(shared: Shared) -> None:
+    remote = shared.remote()
+    src, digest = _file(shared.tmp, "v1", b"v1")
+    etag = remote.upload(src, "f.bin", digest).etag
+    src2, digest2 = _file(shared.tmp, "v2", b"v2")
+    remote.upload(src2, "f.bin", digest2, if_match=etag)
+    with pytest.raises(PreconditionFailedError):
+        remote.delete("f.bin", if_match=etag)
+    current = remote.stat("f.bin")
+    assert current is not None and current.md5 == digest2
+    remote.delete("f.bin", if_match=current.etag)
+    assert remote.stat("f.bin") is None
+    remote.delete("f.bin", if_match=current.etag)  # already gone: not an error
+
+
 class _BlindUploads(LocalDirRemote):
     """A Local remote that ignores upload preconditions, like a server that does not honour
     If-Match (the start-up probe tells the engine)."""

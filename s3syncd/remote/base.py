@@ -108,8 +108,12 @@ class Remote(ABC):
         """
 
     @abstractmethod
-    def delete(self, key: str) -> None:
-        """Remove the object; a missing object is not an error."""
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Remove the object; a missing object is not an error.
+
+        ``if_match``: only if the object's ETag is still this one (the version the caller
+        planned to delete), else PreconditionFailedError and the object stays.
+        """
 
     @abstractmethod
     def copy(self, src_key: str, dst_key: str) -> None:

@@ -463,17 +463,17 @@ class LocalDirRemote(Remote):
 
         return check
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
         path = self._path(key)
+        what = f"delete {key}"
         try:
-            st = os.lstat(path)
-            if stat.S_ISDIR(st.st_mode):
-                return  # a folder is not an object
-            os.unlink(path)
-        except (FileNotFoundError, NotADirectoryError):
-            pass
+            if if_match:
+                with self._locked():
+                    self._unlink(key, path, what, if_match)
+            else:
+                self._unlink(key, path, what, None)
         except OSError as exc:
-            raise _translate_os(exc, f"delete {key}") from exc
+            raise _translate_os(exc, what) from exc
         self._forget(key)
         # Folders exist only to hold keys (as on S3): prune the ones left empty.
         folder = path.parent
@@ -483,6 +483,17 @@ class LocalDirRemote(Remote):
             except OSError:
                 break  # not empty, or someone is writing into it
             folder = folder.parent
+
+    def _unlink(self, key: str, path: Path, what: str, if_match: str | None) -> None:
+        try:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                return  # a folder is not an object
+            if if_match and self._md5(key, path, st) != if_match.strip('"').lower():
+                raise PreconditionFailedError(f"{what}: the object changed since it was read")
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
 
     def copy(self, src_key: str, dst_key: str) -> None:
         def refuse_existing(path: Path) -> None:

@@ -228,6 +228,8 @@ class S3Remote(Remote):
         self._stale_upload_age = stale_upload_age
         # Whether CopyObject accepts If-None-Match: assumed until a server says otherwise.
         self._copy_if_none_match = True
+        # Whether DeleteObject accepts If-Match: likewise.
+        self._delete_if_match = True
         self._conditional: bool | None = None
         self._probe_lock = threading.Lock()
         # Counts HTTP requests actually sent (retries included), for `status` and tests.
@@ -576,9 +578,27 @@ class S3Remote(Remote):
             progress(len(data))
         return {"ETag": reply["ETag"], "PartNumber": number}
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
         full = self._full_key(key)
-        with contextlib.suppress(RemoteNotFoundError), self._translated(f"delete {key}"):
+        what = f"delete {key}"
+        if if_match and self._delete_if_match:
+            try:
+                self._client.delete_object(Bucket=self.bucket, Key=full, IfMatch=_quoted(if_match))
+                return
+            except ClientError as exc:
+                code, status = _error_parts(exc)
+                if code not in _UNSUPPORTED_CODES and status != 501:
+                    error = self._error(exc, what)
+                    if isinstance(error, RemoteNotFoundError):
+                        return  # already gone (AWS answers a missing key with 404)
+                    if isinstance(error, PreconditionFailedError) and self.stat(key) is None:
+                        return  # SeaweedFS answers a missing key with 412
+                    raise error from exc
+                log.info("server refuses If-Match on DeleteObject (%s); deleting without", code)
+                self._delete_if_match = False
+            except (BotoCoreError, Boto3Error) as exc:
+                raise self._error(exc, what) from exc
+        with contextlib.suppress(RemoteNotFoundError), self._translated(what):
             self._client.delete_object(Bucket=self.bucket, Key=full)
 
     def copy(self, src_key: str, dst_key: str) -> None:
