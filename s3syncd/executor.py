@@ -87,7 +87,7 @@ def run(ctx: Context, action: Action, resolution: Resolution | None = None) -> O
             out = _record(ctx, action)
     except StaleActionError as exc:
         log.info("action %s %s %s: stale: %s", action.id, action.kind.value, action.path, exc)
-        return Outcome(action, False, exc.message, stale=True)
+        return Outcome(action, False, exc.message, local=_reexamine(ctx, action), stale=True)
     except SyncError as exc:
         log.error("action %s %s %s failed: %s", action.id, action.kind.value, action.path, exc)
         return Outcome(action, False, exc.message)
@@ -96,6 +96,21 @@ def run(ctx: Context, action: Action, resolution: Resolution | None = None) -> O
         return Outcome(action, False, f"{action.path}: {exc.strerror or exc}")
     log.info("action %s %s %s: %s", action.id, action.kind.value, action.path, out.message)
     return out
+
+
+def _reexamine(ctx: Context, action: Action) -> dict[str, LocalFile | None]:
+    """The planned local file of a stale action, hashed afresh for the index.
+
+    An edit that kept size and mtime is invisible to the index: without this, the same
+    action would be planned, and refused, on every pass.
+    """
+    if action.local is None or action.kind is ActionKind.RECORD:
+        return {}
+    try:
+        found, why = localfs.examine(ctx.root, action.path, {}, lambda _path: False)
+    except OSError:
+        return {}
+    return {} if why is not None else {action.path: found}
 
 
 def _row_for(ctx: Context, lf: LocalFile) -> Row:
@@ -112,15 +127,14 @@ def _send(
     overwrite. ``keep_copy`` first copies the replaced object into the remote trash.
     """
     localfs.check_unchanged(ctx.root, lf.path, lf)
-    conditions = _replacing(ctx, action)
-    if ctx.conditional_writes:
-        if_match, create_only = conditions
-    else:
+    if_match, create_only = _replacing(ctx, action)
+    replacing = not create_only
+    if not ctx.conditional_writes:
         # Nothing stops a colleague's write landing after our check: keep what we replace.
         if_match, create_only = None, False
-        keep_copy = keep_copy or conditions[0] is not None
-    if keep_copy and conditions[0] is not None:
-        trash_key(ctx, lf.path)  # the colleague's version stays recoverable
+        keep_copy = keep_copy or replacing
+    if keep_copy and replacing:
+        trash_key(ctx, lf.path)  # the replaced version stays recoverable
     try:
         sent = ctx.remote.upload(
             ctx.root / lf.path,

@@ -307,6 +307,9 @@ def test_download_over_an_unseen_local_edit_keeps_it(shared: Shared) -> None:
     alice.engine.execute([(plan[0], None)])
     kept = [p for p in alice.folder.rglob("*") if p.is_file() and p.read_bytes() == b"VERSION 0\n"]
     assert kept, "alice's edit was overwritten by the download"
+    # The refusal taught the index the real content: the next pass sees a conflict, not
+    # the same download again.
+    assert [a.kind for a in alice.plan()] == [ActionKind.CONFLICT]
 
 
 # --- defect 6: remote trash keys -------------------------------------------------------------
