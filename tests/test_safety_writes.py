@@ -22,10 +22,10 @@ import pytest
 from conftest import unique_name
 from sites import MiB, Shared, Side, local_shared, md5, s3_shared
 
-from s3syncd import executor
+from s3syncd import executor, localfs
 from s3syncd.engine import Engine
 from s3syncd.errors import PreconditionFailedError
-from s3syncd.model import ActionKind, Resolution
+from s3syncd.model import ActionKind, LocalFile, Resolution
 from s3syncd.remote.base import TRASH_PREFIX, Remote
 from s3syncd.remote.localdir import LocalDirRemote
 
@@ -364,3 +364,31 @@ def test_keep_both_keeps_the_local_file_until_the_remote_version_is_safe(
     assert not report.outcomes[0].ok
     assert alice.read("f.txt") == b"alice\n"
     assert sorted(p.name for p in alice.folder.iterdir() if p.is_file()) == ["f.txt"]
+
+
+def test_install_keeps_a_file_written_to_during_the_swap_in_the_trash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, trash = tmp_path / "Data", tmp_path / "Data/.S3/trash"
+    (root / ".S3/tmp").mkdir(parents=True)
+    target = root / "f.txt"
+    target.write_bytes(b"base\n")
+    st = target.stat()
+    expected = LocalFile("f.txt", st.st_size, st.st_mtime_ns, md5(b"base\n"))
+    download = root / ".S3/tmp/dl.part"
+    download.write_bytes(b"remote\n")
+    real_replace = os.replace
+
+    def save_then_replace(src: Any, dst: Any) -> None:
+        if Path(dst) == target:
+            with open(target, "ab") as fh:  # the user's editor writes in place, just then
+                fh.write(b"late edit\n")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(localfs.os, "replace", save_then_replace)
+    got = localfs.install(root, "f.txt", download, md5(b"remote\n"), expected, None, trash=trash)
+    monkeypatch.undo()
+    assert target.read_bytes() == b"remote\n" and got.md5 == md5(b"remote\n")
+    kept = [p.read_bytes() for p in trash.rglob("*") if p.is_file()]
+    assert kept == [b"base\nlate edit\n"]
+    assert sorted(p.name for p in (root / ".S3/tmp").iterdir()) == []
