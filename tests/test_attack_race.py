@@ -140,7 +140,7 @@ def _run(shared: Shared, alice: Side, bob: Side, rng: random.Random) -> None:
         assert len(report.outcomes) == len(batch)
         refused = {o.action.path for o in report.outcomes if o.stale}
         assert refused <= set(contested), refused - set(contested)
-        if bob_done_at < len(batch):
+        if bob_done_at < sum(1 for o in report.outcomes if o.ok):
             mid_batch += 1  # bob committed while alice still had uploads to send
         settle(alice, bob)
 
