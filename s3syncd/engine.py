@@ -351,7 +351,14 @@ class Engine:
         with self.lock:
             known = dict(self.manifest.rows) if self.manifest else {}
         ctx = executor.Context(
-            self.state, self.remote, self.user, self._stamp, known, progress, cancel
+            self.state,
+            self.remote,
+            self.user,
+            self._stamp,
+            known,
+            progress,
+            cancel,
+            conditional_writes=self.conditional_writes,
         )
         todo = []
         for action, resolution in approved:

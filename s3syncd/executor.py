@@ -2,8 +2,9 @@
 
 - Downloads go to ``.S3/tmp``, are checked against the manifest's MD5, then renamed over
   the target only if the local file is still as planned.
-- A remote delete first copies the object into ``.S3/deleted/<path>`` (never over an
-  earlier copy); a local delete moves the file into ``.S3/trash/``.
+- A remote delete first copies the object into ``.S3/deleted/<path>~<stamp>-<user>``
+  (never over an earlier copy, never at a key the original package writes); a local
+  delete moves the file into ``.S3/trash/``.
 - An upload whose source changes while it is sent is not recorded.
 - A conflict keeps both sides unless the user chose one; even then the losing side goes to
   the (remote or local) trash.
@@ -29,7 +30,7 @@ from s3syncd.errors import (
     SyncError,
     TransferError,
 )
-from s3syncd.model import Action, ActionKind, LocalFile, Resolution, Row, tagged_name
+from s3syncd.model import Action, ActionKind, LocalFile, Resolution, Row
 from s3syncd.reconcile import UNKNOWN_MD5
 from s3syncd.remote.base import TRASH_PREFIX, ProgressCallback, Remote
 from s3syncd.state import RowChange, StateDir
@@ -58,6 +59,9 @@ class Context:
     progress: ProgressCallback | None = None
     # Set on shutdown: actions not yet started are abandoned (they stay approved).
     cancel: threading.Event | None = None
+    # Whether the remote enforces upload preconditions (the start-up probe). If not, the
+    # object an upload replaces is first copied into .S3/deleted/.
+    conditional_writes: bool = True
 
     @property
     def root(self) -> Path:
@@ -83,7 +87,7 @@ def run(ctx: Context, action: Action, resolution: Resolution | None = None) -> O
             out = _record(ctx, action)
     except StaleActionError as exc:
         log.info("action %s %s %s: stale: %s", action.id, action.kind.value, action.path, exc)
-        return Outcome(action, False, exc.message, stale=True)
+        return Outcome(action, False, exc.message, local=_reexamine(ctx, action), stale=True)
     except SyncError as exc:
         log.error("action %s %s %s failed: %s", action.id, action.kind.value, action.path, exc)
         return Outcome(action, False, exc.message)
@@ -94,13 +98,56 @@ def run(ctx: Context, action: Action, resolution: Resolution | None = None) -> O
     return out
 
 
+def _reexamine(ctx: Context, action: Action) -> dict[str, LocalFile | None]:
+    """The planned local file of a stale action, hashed afresh for the index.
+
+    An edit that kept size and mtime is invisible to the index: without this, the same
+    action would be planned, and refused, on every pass.
+    """
+    if action.local is None or action.kind is ActionKind.RECORD:
+        return {}
+    try:
+        found, why = localfs.examine(ctx.root, action.path, {}, lambda _path: False)
+    except OSError:
+        return {}
+    return {} if why is not None else {action.path: found}
+
+
 def _row_for(ctx: Context, lf: LocalFile) -> Row:
     return Row(lf.path, ctx.user, localfs.time_edited(lf.mtime_ns / 1e9), lf.md5)
 
 
-def _send(ctx: Context, lf: LocalFile) -> tuple[RowChange, LocalFile]:
+def _send(
+    ctx: Context, action: Action, lf: LocalFile, keep_copy: bool = False
+) -> tuple[RowChange, LocalFile]:
+    """Upload ``lf`` over the remote version ``action`` was planned from, and nothing else.
+
+    Planned absent: create-only. Planned over a known object: that object, named by its
+    ETag, is the only one the upload may replace. A refusal is a re-plan, never an
+    overwrite. ``keep_copy`` first copies the replaced object into the remote trash.
+    """
     localfs.check_unchanged(ctx.root, lf.path, lf)
-    sent = ctx.remote.upload(ctx.root / lf.path, lf.path, lf.md5, ctx.progress)
+    if_match, create_only = _replacing(ctx, action)
+    replacing = not create_only
+    if not ctx.conditional_writes:
+        # Nothing stops a colleague's write landing after our check: keep what we replace.
+        if_match, create_only = None, False
+        keep_copy = keep_copy or replacing
+    if keep_copy and replacing:
+        trash_key(ctx, lf.path)  # the replaced version stays recoverable
+    try:
+        sent = ctx.remote.upload(
+            ctx.root / lf.path,
+            lf.path,
+            lf.md5,
+            ctx.progress,
+            if_match=if_match,
+            create_only=create_only,
+        )
+    except PreconditionFailedError:
+        raise StaleActionError(
+            f"{lf.path} changed on the remote since the action was planned; not replaced"
+        ) from None
     try:
         localfs.check_unchanged(ctx.root, lf.path, lf)
     except StaleActionError:
@@ -112,14 +159,39 @@ def _send(ctx: Context, lf: LocalFile) -> tuple[RowChange, LocalFile]:
     return RowChange(lf.path, _row_for(ctx, lf)), lf
 
 
+def _replacing(ctx: Context, action: Action) -> tuple[str | None, bool]:
+    """(if_match ETag, create_only) naming the remote version ``action`` was planned over.
+
+    A HEAD right before the upload: if the object is no longer that version, the action
+    is stale. An object whose MD5 nobody recorded (an old client's multipart upload) can
+    only be named by the ETag seen now.
+    """
+    path = action.path
+    if action.remote_md5 is None:
+        # The server enforces create-only itself; without it, a HEAD is the best we have.
+        if not ctx.conditional_writes and ctx.remote.stat(path) is not None:
+            raise StaleActionError(f"{path} appeared on the remote since the action was planned")
+        return None, True
+    current = ctx.remote.stat(path)
+    if current is None:
+        raise StaleActionError(f"{path} was deleted on the remote since the action was planned")
+    planned = action.remote_md5
+    if planned != UNKNOWN_MD5 and current.md5 is not None and current.md5 != planned:
+        raise StaleActionError(f"{path} changed on the remote since the action was planned")
+    return current.etag or None, False
+
+
 def _upload(ctx: Context, action: Action) -> Outcome:
     assert action.local is not None
-    change, lf = _send(ctx, action.local)
+    change, lf = _send(ctx, action, action.local)
     return Outcome(action, True, "uploaded", (change,), {lf.path: lf.md5})
 
 
-def _fetch(ctx: Context, action: Action, expected_local: LocalFile | None) -> LocalFile:
-    """Download the remote version of ``action.path`` over the local one, verified."""
+def _fetch(ctx: Context, action: Action) -> tuple[Path, str]:
+    """Download the remote version of ``action.path`` into ``.S3/tmp``, verified.
+
+    Returns (temp file, MD5); the caller installs it and removes the temp file.
+    """
     tmp = ctx.state.tmp / f"{uuid.uuid4().hex}.part"
     ctx.state.tmp.mkdir(parents=True, exist_ok=True)
     try:
@@ -130,14 +202,34 @@ def _fetch(ctx: Context, action: Action, expected_local: LocalFile | None) -> Lo
             raise ChecksumMismatchError(
                 f"{action.path}: downloaded MD5 {digest} does not match the manifest's {want}"
             )
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, digest
+
+
+def _install(
+    ctx: Context, action: Action, fetched: tuple[Path, str], expected_local: LocalFile | None
+) -> LocalFile:
+    tmp, digest = fetched
+    try:
         mtime = localfs.parse_time_edited(action.remote.time_edited) if action.remote else None
-        return localfs.install(ctx.root, action.path, tmp, digest, expected_local, mtime)
+        return localfs.install(
+            ctx.root,
+            action.path,
+            tmp,
+            digest,
+            expected_local,
+            mtime,
+            trash=ctx.state.trash,
+            stamp=ctx.stamp(),
+        )
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def _download(ctx: Context, action: Action) -> Outcome:
-    lf = _fetch(ctx, action, action.local)
+    lf = _install(ctx, action, _fetch(ctx, action), action.local)
     changes: tuple[RowChange, ...] = ()
     if action.remote is None or action.remote.checksum != lf.md5:
         # An object nobody catalogued (or whose row is stale): record what it really is,
@@ -149,12 +241,14 @@ def _download(ctx: Context, action: Action) -> Outcome:
 
 
 def trash_key(ctx: Context, path: str) -> str:
-    """Copy the object into ``.S3/deleted/<path>``, or a dated name beside an older copy."""
-    stamp = ctx.stamp()
-    candidates = [path, tagged_name(path, f"deleted-{stamp}")]
-    candidates += [tagged_name(path, f"deleted-{stamp}-{n}") for n in range(2, 50)]
-    for rel in candidates:
-        key = TRASH_PREFIX + rel
+    """Copy the object into ``.S3/deleted/<path>~<YYYYmmdd-HHMMSS>-<user>`` (``-2``, ``-3``
+    ... beside an earlier copy) and return the key.
+
+    Always suffixed: the original package writes ``.S3/deleted/<basename>`` blindly, so an
+    unsuffixed key could be overwritten by an old client's later delete.
+    """
+    stem = f"{TRASH_PREFIX}{path}~{ctx.stamp()}-{_safe_user(ctx.user)}"
+    for key in [stem] + [f"{stem}-{n}" for n in range(2, 100)]:
         try:
             ctx.remote.copy(path, key)
         except PreconditionFailedError:
@@ -163,13 +257,37 @@ def trash_key(ctx: Context, path: str) -> str:
     raise TransferError(f"{path}: could not find a free name under {TRASH_PREFIX}")
 
 
+def _safe_user(user: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in user) or "user"
+
+
 def _remove_remote(ctx: Context, action: Action) -> RowChange:
-    key = trash_key(ctx, action.path)
-    ctx.remote.delete(action.path)
+    """Copy the object into the remote trash, then delete it, if it is still the version
+    ``action`` was planned from (a colleague's newer version is a re-plan, not a delete)."""
+    path = action.path
+    if action.remote_md5 is None:
+        key: str | None = trash_key(ctx, path)
+        ctx.remote.delete(path)
+    else:
+        current = ctx.remote.stat(path)
+        if current is None:
+            key = None  # gone already: only the row is left to drop
+        else:
+            planned = action.remote_md5
+            if planned != UNKNOWN_MD5 and current.md5 is not None and current.md5 != planned:
+                raise StaleActionError(f"{path} changed on the remote since the action was planned")
+            key = trash_key(ctx, path)
+            try:
+                ctx.remote.delete(path, if_match=current.etag or None)
+            except PreconditionFailedError:
+                raise StaleActionError(
+                    f"{path} changed on the remote since the action was planned; not deleted"
+                ) from None
     tomb = action.remote or Row(
         action.path, ctx.user, localfs.time_edited(0), action.base_md5 or ""
     )
-    log.info("%s: remote copy kept at %s", action.path, key)
+    if key is not None:
+        log.info("%s: remote copy kept at %s", path, key)
     return RowChange(action.path, None, tomb if tomb.checksum else None)
 
 
@@ -207,33 +325,43 @@ def _conflict(ctx: Context, action: Action, resolution: Resolution) -> Outcome:
             return Outcome(
                 action, True, "kept local (deleted on remote, copy kept)", (change,), {path: None}
             )
-        if has_remote:
-            trash_key(ctx, path)  # the colleague's version stays recoverable
-        change, sent = _send(ctx, lf)
+        change, sent = _send(ctx, action, lf, keep_copy=has_remote)
         return Outcome(action, True, "kept local (uploaded)", (change,), {path: sent.md5})
     if resolution is Resolution.REMOTE:
         local_updates: dict[str, LocalFile | None] = {}
-        if lf is not None:
-            localfs.check_unchanged(ctx.root, path, lf)
-            localfs.move_to_trash(ctx.root, path, ctx.state.trash, ctx.stamp())
-            local_updates[path] = None
-        if not has_remote:
+        fetched = _fetch(ctx, action) if has_remote else None
+        try:
+            if lf is not None:
+                localfs.check_unchanged(ctx.root, path, lf)
+                localfs.move_to_trash(ctx.root, path, ctx.state.trash, ctx.stamp())
+                local_updates[path] = None
+        except BaseException:
+            if fetched is not None:
+                fetched[0].unlink(missing_ok=True)
+            raise
+        if fetched is None:
             return Outcome(
                 action, True, "kept remote (local moved to trash)", (), {path: None}, local_updates
             )
-        got = _fetch(ctx, action, None)
+        got = _install(ctx, action, fetched, None)
         return Outcome(action, True, "kept remote (downloaded)", (), {path: got.md5}, {path: got})
-    # BOTH, with a remote version: the local one steps aside under a conflict name.
+    # BOTH, with a remote version: download and verify it first; only then does the local
+    # one step aside under a conflict name (a failed download leaves it at its name).
+    fetched = _fetch(ctx, action)
     updates: dict[str, LocalFile | None] = {}
     message = "kept both"
-    if lf is not None:
-        localfs.check_unchanged(ctx.root, path, lf)
-        aside = localfs.rename_aside(
-            ctx.root, path, localfs.conflict_name(path, ctx.user, ctx.stamp())
-        )
-        updates[path] = None
-        message = f"kept both: local copy renamed to {aside}"
-    got = _fetch(ctx, action, None)
+    try:
+        if lf is not None:
+            localfs.check_unchanged(ctx.root, path, lf)
+            aside = localfs.rename_aside(
+                ctx.root, path, localfs.conflict_name(path, ctx.user, ctx.stamp())
+            )
+            updates[path] = None
+            message = f"kept both: local copy renamed to {aside}"
+    except BaseException:
+        fetched[0].unlink(missing_ok=True)
+        raise
+    got = _install(ctx, action, fetched, None)
     updates[path] = got
     return Outcome(action, True, message, (), {path: got.md5}, updates)
 

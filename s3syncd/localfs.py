@@ -7,6 +7,7 @@ sync leaves each file either old or new.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -256,21 +257,99 @@ def install(
     md5: str,
     expected: LocalFile | None,
     mtime: float | None,
+    *,
+    trash: Path | None = None,
+    stamp: str = "",
 ) -> LocalFile:
     """Rename a verified download (of content ``md5``) over ``rel`` if the local file is
-    still as planned; returns the installed file's entry for the index."""
+    still as planned; returns the installed file's entry for the index.
+
+    The file being replaced must be exactly ``expected`` (same size, mtime and MD5, checked
+    right before the rename); a file planned absent is created, never replaced. If the
+    replaced file was written to during the swap, it goes to ``trash`` (when given).
+    """
     target = root / rel
     refuse_symlinked_parents(root, rel)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         if mtime is not None:
             os.utime(tmp_file, (mtime, mtime))
-        check_unchanged(root, rel, expected)
-        os.replace(tmp_file, target)
+        if expected is None:
+            _create(root, rel, tmp_file)
+        else:
+            _replace(root, rel, tmp_file, expected, trash, stamp)
         st = os.lstat(target)
     except OSError as exc:
         raise TransferError(f"cannot write {rel}: {exc.strerror}") from exc
     return LocalFile(rel, st.st_size, st.st_mtime_ns, md5)
+
+
+# errno values of a filesystem without hard links (FAT, some network shares).
+_NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK})
+
+
+def _create(root: Path, rel: str, tmp_file: Path) -> None:
+    target = root / rel
+    try:
+        # O_EXCL semantics: a file the user created since the plan is never replaced.
+        os.link(tmp_file, target)
+    except FileExistsError:
+        raise StaleActionError(f"{rel} was created locally since the action was planned") from None
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        check_unchanged(root, rel, None)
+        os.replace(tmp_file, target)
+        return
+    os.unlink(tmp_file)
+
+
+def _replace(
+    root: Path, rel: str, tmp_file: Path, expected: LocalFile, trash: Path | None, stamp: str
+) -> None:
+    target = root / rel
+    check_unchanged(root, rel, expected)
+    # Hold a second name for the version being replaced (a hard link: no copy, and the
+    # file stays at its name meanwhile), so it can be verified and, if need be, kept.
+    held = tmp_file.with_name(tmp_file.name + ".replaced")
+    try:
+        os.link(target, held, follow_symlinks=False)
+    except FileNotFoundError:
+        raise StaleActionError(f"{rel} was deleted locally since the action was planned") from None
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        # No hard links: verify in place, then rename; the window is one hash long.
+        _verify(target, rel, expected)
+        check_unchanged(root, rel, expected)
+        os.replace(tmp_file, target)
+        return
+    try:
+        verified = _verify(held, rel, expected)
+        # Right next to the rename: still the very file we verified (not replaced, not
+        # written to); a save in the microseconds left ends up in `held` (same inode).
+        now = os.lstat(target)
+        if (now.st_ino, now.st_size, now.st_mtime_ns) != verified:
+            raise StaleActionError(f"{rel} changed locally since the action was planned")
+        os.replace(tmp_file, target)
+        after = os.lstat(held)
+        if (after.st_ino, after.st_size, after.st_mtime_ns) != verified and trash is not None:
+            kept = unique_path(trash / (stamp or "replaced") / rel)
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(held, kept)
+            log.warning("%s was written to while it was replaced; old copy kept at %s", rel, kept)
+    finally:
+        held.unlink(missing_ok=True)
+
+
+def _verify(path: Path, rel: str, expected: LocalFile) -> tuple[int, int, int]:
+    """(inode, size, mtime_ns) of ``path`` if its content is ``expected``'s, else stale."""
+    st = os.lstat(path)
+    if (st.st_size, st.st_mtime_ns) != (expected.size, expected.mtime_ns) or (
+        md5_file(path) != expected.md5
+    ):
+        raise StaleActionError(f"{rel} changed locally since the action was planned")
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def unique_path(path: Path) -> Path:

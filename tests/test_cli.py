@@ -400,7 +400,7 @@ def synced_with_a_remote_delete(team: Team, capsys: pytest.CaptureFixture[str]) 
     code, out, _ = run(capsys, "sync", "--config", str(team.cfg_a), "--yes")
     assert code == 0
     assert "delete_remote" in out
-    assert (team.remote / ".S3" / "deleted" / "gone.txt").is_file()
+    assert [p.name for p in (team.remote / ".S3" / "deleted").glob("gone.txt~*")]
     assert (team.a / ".S3" / "versions.csv").is_file()
     assert (team.a / ".S3" / "sync-base.json").is_file()
     assert (team.remote / ".S3" / "versions.csv").is_file()
@@ -424,7 +424,8 @@ def test_reset_yes_removes_state_but_keeps_data_and_deleted_copies(
     # data and soft-deleted copies are untouched
     assert tree(team.a) == data_before
     assert set(tree(team.remote)) == {"keep.txt", NESTED}
-    assert (team.remote / ".S3" / "deleted" / "gone.txt").read_text() == "g"
+    [copy] = (team.remote / ".S3" / "deleted").glob("gone.txt~*")
+    assert copy.read_text() == "g"
 
 
 def test_reset_without_yes_and_without_tty_refuses(

@@ -190,18 +190,18 @@ class CountingRemote(LocalDirRemote):
         self.deletes: list[str] = []
 
     def upload(
-        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None
+        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None, **kw: Any
     ) -> RemoteObject:
         self.uploads.append(key)
-        return super().upload(src, key, md5, progress)
+        return super().upload(src, key, md5, progress, **kw)
 
     def download(self, key: str, dest: Path, progress: ProgressCallback | None = None) -> None:
         self.downloads.append(key)
         super().download(key, dest, progress)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, **kw: Any) -> None:
         self.deletes.append(key)
-        super().delete(key)
+        super().delete(key, **kw)
 
 
 class EditDuringUploadRemote(LocalDirRemote):
@@ -218,12 +218,12 @@ class EditDuringUploadRemote(LocalDirRemote):
             fh.write(self.extra)
 
     def upload(
-        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None
+        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None, **kw: Any
     ) -> RemoteObject:
         armed, self.armed = self.armed, False
         if armed and self.when == "before":
             self._edit(src)
-        obj = super().upload(src, key, md5, progress)
+        obj = super().upload(src, key, md5, progress, **kw)
         if armed and self.when == "after":
             self._edit(src)
         return obj
@@ -412,10 +412,10 @@ class TearingRemote(LocalDirRemote):
         self.armed = False
 
     def upload(
-        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None
+        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None, **kw: Any
     ) -> RemoteObject:
         if not self.armed:
-            return super().upload(src, key, md5, progress)
+            return super().upload(src, key, md5, progress, **kw)
         self.armed = False
         done = False
 
@@ -425,7 +425,7 @@ class TearingRemote(LocalDirRemote):
                 done = True
                 src.write_bytes(self.new_content)
 
-        return super().upload(src, key, md5, save_mid_way)
+        return super().upload(src, key, md5, save_mid_way, **kw)
 
 
 def test_torn_upload_never_reaches_a_colleague(world: World) -> None:
@@ -545,8 +545,8 @@ def test_failed_manifest_commit_is_reported_and_kept_in_the_journal(
 class CrashAfterDeleteRemote(LocalDirRemote):
     """The process dies right after the object is deleted (copy kept, nothing recorded)."""
 
-    def delete(self, key: str) -> None:
-        super().delete(key)
+    def delete(self, key: str, **kw: Any) -> None:
+        super().delete(key, **kw)
         raise Crash
 
 
@@ -563,7 +563,7 @@ def test_crash_after_a_remote_delete_is_finished_by_the_next_pass(world: World) 
     with pytest.raises(Crash):
         alice.sync()
     assert not world.obj("old.csv").exists()
-    assert world.obj(".S3/deleted/old.csv").read_bytes() == b"to be deleted\n"
+    assert world.obj(f".S3/deleted/old.csv~{STAMP}-alice").read_bytes() == b"to be deleted\n"
     assert "old.csv" in world.rows()  # the crash came before the commit
     assert eng.state.load_journal() == []
 
@@ -714,7 +714,8 @@ def test_remote_delete_keeps_every_deleted_copy(world: World) -> None:
     assert kinds(summary) == {"sub/dir/report.csv": ActionKind.DELETE_REMOTE}
     assert summary.ok
     assert not world.obj("sub/dir/report.csv").exists()
-    assert world.obj(".S3/deleted/sub/dir/report.csv").read_bytes() == b"first report\n"
+    first = world.obj(f".S3/deleted/sub/dir/report.csv~{STAMP}-alice")
+    assert first.read_bytes() == b"first report\n"
     assert "sub/dir/report.csv" not in world.rows()
     assert "sub/dir/report.csv" not in alice.base()
 
@@ -724,8 +725,8 @@ def test_remote_delete_keeps_every_deleted_copy(world: World) -> None:
     alice.path("sub/dir/report.csv").unlink()
     assert alice.sync().ok
 
-    assert world.obj(".S3/deleted/sub/dir/report.csv").read_bytes() == b"first report\n"
-    dated = world.obj(f".S3/deleted/sub/dir/report.deleted-{STAMP}.csv")
+    assert first.read_bytes() == b"first report\n"
+    dated = world.obj(f".S3/deleted/sub/dir/report.csv~{STAMP}-alice-2")
     assert dated.read_bytes() == b"second report, recreated\n"
     # no third copy, nothing else in the trash
     trash = sorted(
@@ -734,8 +735,8 @@ def test_remote_delete_keeps_every_deleted_copy(world: World) -> None:
         if p.is_file()
     )
     assert trash == [
-        ".S3/deleted/sub/dir/report.csv",
-        f".S3/deleted/sub/dir/report.deleted-{STAMP}.csv",
+        f".S3/deleted/sub/dir/report.csv~{STAMP}-alice",
+        f".S3/deleted/sub/dir/report.csv~{STAMP}-alice-2",
     ]
 
     raw = world.obj(".S3/deletedS3.csv").read_bytes()
@@ -792,7 +793,7 @@ def test_conflict_keep_local_keeps_the_remote_version_in_the_remote_trash(
     assert [o.ok for o in report.outcomes] == [True]
     assert world.obj("doc.txt").read_bytes() == b"alice's edit\n"
     assert world.rows()["doc.txt"].checksum == md5(b"alice's edit\n")
-    assert world.obj(".S3/deleted/doc.txt").read_bytes() == b"bob's edit\n"
+    assert world.obj(f".S3/deleted/doc.txt~{STAMP}-alice").read_bytes() == b"bob's edit\n"
     assert alice.base()["doc.txt"] == md5(b"alice's edit\n")
     assert bob.sync().ok
     assert bob.read("doc.txt") == b"alice's edit\n"
@@ -840,7 +841,7 @@ def test_conflict_deleted_locally_changed_remotely_keep_local_keeps_a_remote_cop
     report = alice.execute(actions, Resolution.LOCAL)
     assert [o.ok for o in report.outcomes] == [True]
     assert not world.obj("doc.txt").exists()
-    assert world.obj(".S3/deleted/doc.txt").read_bytes() == b"bob's edit\n"
+    assert world.obj(f".S3/deleted/doc.txt~{STAMP}-alice").read_bytes() == b"bob's edit\n"
     assert [r.checksum for r in world.tombstones()] == [md5(b"bob's edit\n")]
 
 
@@ -1076,7 +1077,7 @@ def test_mass_delete_is_held_even_with_everything_auto_approved(world: World) ->
     assert summary.ok and len(summary.done) == 6
     assert sorted(world.rows()) == [f"f{i}.csv" for i in range(6, 10)]
     assert sorted(p.name for p in world.obj(".S3/deleted").iterdir()) == [
-        f"f{i}.csv" for i in range(6)
+        f"f{i}.csv~{STAMP}-alice" for i in range(6)
     ]
 
 

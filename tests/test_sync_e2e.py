@@ -113,7 +113,10 @@ def test_two_folders_converge_create_modify_delete(
     assert len(df.dropna()) == len(df)  # the original's dropna keeps every row
     assert dict(zip(df["File"], df["Checksum"], strict=True)) == tree(a)
     # The remote delete kept a copy under its full relative path.
-    key = "team/alpha/.S3/deleted/nested/deeper/data 1.txt"
+    trash = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="team/alpha/.S3/deleted/")
+    [key] = [o["Key"] for o in trash["Contents"]]
+    assert key.startswith("team/alpha/.S3/deleted/nested/deeper/data 1.txt~")
+    assert key.endswith("-alice")
     assert s3_client.head_object(Bucket=s3_bucket, Key=key)["ContentLength"] > 0
     tomb = s3_client.get_object(Bucket=s3_bucket, Key="team/alpha/.S3/deletedS3.csv")
     tombs = pd.read_csv(io.BytesIO(tomb["Body"].read()))
@@ -325,7 +328,7 @@ def test_reset_removes_state_but_keeps_data_and_deleted_copies(
     assert cli.main(["reset", "--config", str(a_cfg), "--yes"]) == 0
     keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]}
     assert "team/alpha/x.txt" in keys
-    assert "team/alpha/.S3/deleted/y.txt" in keys
+    assert any(k.startswith("team/alpha/.S3/deleted/y.txt~") for k in keys)
     assert "team/alpha/.S3/versions.csv" not in keys
     assert (a / "x.txt").read_bytes() == b"x"
     assert not (a / ".S3/versions.csv").exists()

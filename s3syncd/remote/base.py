@@ -86,18 +86,34 @@ class Remote(ABC):
 
     @abstractmethod
     def upload(
-        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None
+        self,
+        src: Path,
+        key: str,
+        md5: str,
+        progress: ProgressCallback | None = None,
+        *,
+        if_match: str | None = None,
+        create_only: bool = False,
     ) -> RemoteObject:
         """Store ``src`` at ``key`` (multipart when large), recording ``md5`` as metadata.
 
         The returned object's ``md5`` is the MD5 of the bytes actually stored (which
         differs from ``md5`` if the file changed while it was read), or None when the
         platform cannot tell.
+
+        Preconditions, as for :meth:`write_blob`: ``if_match`` replaces only the object
+        whose ETag is this one (the version the caller planned over); ``create_only``
+        writes only if the key holds nothing. Either refusal raises PreconditionFailedError
+        and leaves the stored object untouched.
         """
 
     @abstractmethod
-    def delete(self, key: str) -> None:
-        """Remove the object; a missing object is not an error."""
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Remove the object; a missing object is not an error.
+
+        ``if_match``: only if the object's ETag is still this one (the version the caller
+        planned to delete), else PreconditionFailedError and the object stays.
+        """
 
     @abstractmethod
     def copy(self, src_key: str, dst_key: str) -> None:

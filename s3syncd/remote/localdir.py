@@ -64,6 +64,7 @@ _UNREACHABLE = frozenset(
     {errno.EIO, errno.ENOTCONN, errno.ESTALE, errno.EHOSTDOWN, errno.ETIMEDOUT, errno.ENODEV}
 )
 _NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
+_NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK})
 
 _Signature = tuple[int, int, int]  # size, mtime_ns, inode
 
@@ -208,10 +209,14 @@ class LocalDirRemote(Remote):
         key: str,
         fill: Callable[[IO[bytes]], str],
         check: Callable[[Path], None] | None = None,
+        *,
+        exclusive: bool = False,
     ) -> RemoteObject:
         """Write via ``fill`` to a temp file, then rename it over ``key``'s file.
 
         With ``check``, the rename happens under the lock after ``check(path)`` passes.
+        ``exclusive`` links instead of renaming, so even a writer that ignores the lock
+        (an old client on the same share) cannot be replaced by a create-only write.
         """
         path = self._path(key)
         fd, tmp_name = tempfile.mkstemp(prefix="put-", dir=self._tmp_dir())
@@ -230,13 +235,32 @@ class LocalDirRemote(Remote):
             else:
                 with self._locked():
                     check(path)
-                    self._rename(tmp, path)
+                    if exclusive:
+                        self._link(tmp, path, key)
+                    else:
+                        self._rename(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
         self._remember(key, _signature(st), md5)
         return RemoteObject(key=key, size=st.st_size, etag=md5, md5=md5)
+
+    def _link(self, tmp: Path, path: Path, key: str) -> None:
+        """Create ``path`` as ``tmp``'s content only if nothing is there (O_EXCL semantics)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(tmp, path)
+        except FileExistsError as exc:
+            raise PreconditionFailedError(f"write {key}: the object already exists") from exc
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            # No hard links on this share (SMB, FAT): the check under the lock must do.
+            self._rename(tmp, path)
+            return
+        os.unlink(tmp)
+        fsync_dir(path.parent)
 
     def _rename(self, tmp: Path, path: Path) -> None:
         # A concurrent delete may prune the folder between mkdir and rename: try again.
@@ -381,8 +405,18 @@ class LocalDirRemote(Remote):
         log.debug("downloaded %s to %s", key, dest)
 
     def upload(
-        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None
+        self,
+        src: Path,
+        key: str,
+        md5: str,
+        progress: ProgressCallback | None = None,
+        *,
+        if_match: str | None = None,
+        create_only: bool = False,
     ) -> RemoteObject:
+        if if_match and create_only:
+            raise ValueError("upload: if_match and create_only exclude each other")
+        what = f"upload {key}"
         try:
             source = open(src, "rb")  # noqa: SIM115 - closed by the with below
         except OSError as exc:
@@ -394,30 +428,52 @@ class LocalDirRemote(Remote):
                 # Like S3's Content-MD5: bytes that are not the content the caller hashed
                 # (a file saved again while it was read) never replace the object.
                 raise TransferError(
-                    f"upload {key}: the bytes read (MD5 {got}) are not the expected {md5}; "
+                    f"{what}: the bytes read (MD5 {got}) are not the expected {md5}; "
                     "the file changed while it was sent"
                 )
             return got
 
+        check = self._precondition(key, what, if_match, create_only)
         with source:
             try:
-                obj = self._install(key, fill)
+                obj = self._install(key, fill, check, exclusive=create_only)
             except OSError as exc:
-                raise _translate_os(exc, f"upload {key}") from exc
+                raise _translate_os(exc, what) from exc
         log.debug("uploaded %s to %s", src, key)
         return obj
 
-    def delete(self, key: str) -> None:
+    def _precondition(
+        self, key: str, what: str, if_match: str | None, create_only: bool
+    ) -> Callable[[Path], None] | None:
+        """The check run under the lock right before the rename, or None for a blind write."""
+        if not if_match and not create_only:
+            return None
+
+        def check(path: Path) -> None:
+            if create_only and os.path.lexists(path):
+                raise PreconditionFailedError(f"{what}: the object already exists")
+            if if_match:
+                try:
+                    st = os.lstat(path)
+                    current = self._md5(key, path, st) if stat.S_ISREG(st.st_mode) else None
+                except (FileNotFoundError, NotADirectoryError):
+                    current = None
+                if current != if_match.strip('"').lower():
+                    raise PreconditionFailedError(f"{what}: the object changed or is gone")
+
+        return check
+
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
         path = self._path(key)
+        what = f"delete {key}"
         try:
-            st = os.lstat(path)
-            if stat.S_ISDIR(st.st_mode):
-                return  # a folder is not an object
-            os.unlink(path)
-        except (FileNotFoundError, NotADirectoryError):
-            pass
+            if if_match:
+                with self._locked():
+                    self._unlink(key, path, what, if_match)
+            else:
+                self._unlink(key, path, what, None)
         except OSError as exc:
-            raise _translate_os(exc, f"delete {key}") from exc
+            raise _translate_os(exc, what) from exc
         self._forget(key)
         # Folders exist only to hold keys (as on S3): prune the ones left empty.
         folder = path.parent
@@ -428,6 +484,17 @@ class LocalDirRemote(Remote):
                 break  # not empty, or someone is writing into it
             folder = folder.parent
 
+    def _unlink(self, key: str, path: Path, what: str, if_match: str | None) -> None:
+        try:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                return  # a folder is not an object
+            if if_match and self._md5(key, path, st) != if_match.strip('"').lower():
+                raise PreconditionFailedError(f"{what}: the object changed since it was read")
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+
     def copy(self, src_key: str, dst_key: str) -> None:
         def refuse_existing(path: Path) -> None:
             if os.path.lexists(path):
@@ -437,7 +504,12 @@ class LocalDirRemote(Remote):
         refuse_existing(self._path(dst_key))
         with self._open(src_key) as src:
             try:
-                self._install(dst_key, lambda fh: _copy_stream(src, fh, None), refuse_existing)
+                self._install(
+                    dst_key,
+                    lambda fh: _copy_stream(src, fh, None),
+                    refuse_existing,
+                    exclusive=True,
+                )
             except OSError as exc:
                 raise _translate_os(exc, f"copy {src_key} -> {dst_key}") from exc
 
@@ -460,27 +532,16 @@ class LocalDirRemote(Remote):
         if if_match and create_only:
             raise ValueError("write_blob: if_match and create_only exclude each other")
         what = f"write {key}"
-
-        def precondition(path: Path) -> None:
-            if create_only and os.path.lexists(path):
-                raise PreconditionFailedError(f"{what}: the object already exists")
-            if if_match:
-                try:
-                    st = os.lstat(path)
-                    current = self._md5(key, path, st) if stat.S_ISREG(st.st_mode) else None
-                except FileNotFoundError:
-                    current = None
-                if current != if_match.strip('"').lower():
-                    raise PreconditionFailedError(f"{what}: the object changed or is gone")
+        # Even a blind write takes the lock, so it cannot slip between another
+        # writer's precondition check and its rename.
+        precondition = self._precondition(key, what, if_match, create_only) or (lambda _p: None)
 
         def fill(fh: IO[bytes]) -> str:
             fh.write(data)
             return hashlib.md5(data).hexdigest()
 
         try:
-            # Even a blind write takes the lock, so it cannot slip between another
-            # writer's precondition check and its rename.
-            return self._install(key, fill, precondition).etag
+            return self._install(key, fill, precondition, exclusive=create_only).etag
         except OSError as exc:
             raise _translate_os(exc, what) from exc
 

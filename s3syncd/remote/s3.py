@@ -15,9 +15,11 @@ import logging
 import re
 import threading
 import uuid
+from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import boto3
@@ -36,6 +38,7 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from s3transfer.utils import ChunksizeAdjuster
 
 from s3syncd.errors import (
     AuthError,
@@ -61,7 +64,11 @@ from s3syncd.remote.base import (
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CopySourceTypeDef, PutObjectRequestTypeDef
+    from mypy_boto3_s3.type_defs import (
+        CompletedPartTypeDef,
+        CopySourceTypeDef,
+        PutObjectRequestTypeDef,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -186,32 +193,6 @@ def _translate(exc: BaseException, what: str, bucket: str, endpoint: str) -> Syn
     return RemoteError(f"{what} failed: {type(exc).__name__}")
 
 
-class _HashingReader:
-    """A read-only, non-seekable view of a file that hashes what the transfer reads.
-
-    Being non-seekable makes s3transfer read the parts once, in order, so the digest
-    covers exactly the bytes that were sent.
-    """
-
-    def __init__(self, fh: BinaryIO) -> None:
-        self._fh = fh
-        self._md5 = hashlib.md5(usedforsecurity=False)
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._fh.read(size)
-        self._md5.update(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def hexdigest(self) -> str:
-        return self._md5.hexdigest()
-
-
 class S3Remote(Remote):
     """An S3 bucket prefix. Keys are relative to ``prefix``.
 
@@ -247,6 +228,8 @@ class S3Remote(Remote):
         self._stale_upload_age = stale_upload_age
         # Whether CopyObject accepts If-None-Match: assumed until a server says otherwise.
         self._copy_if_none_match = True
+        # Whether DeleteObject accepts If-Match: likewise.
+        self._delete_if_match = True
         self._conditional: bool | None = None
         self._probe_lock = threading.Lock()
         # Counts HTTP requests actually sent (retries included), for `status` and tests.
@@ -449,38 +432,44 @@ class S3Remote(Remote):
         log.debug("downloaded %s to %s", key, dest)
 
     def upload(
-        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None
+        self,
+        src: Path,
+        key: str,
+        md5: str,
+        progress: ProgressCallback | None = None,
+        *,
+        if_match: str | None = None,
+        create_only: bool = False,
     ) -> RemoteObject:
+        if if_match and create_only:
+            raise ValueError("upload: if_match and create_only exclude each other")
         full = self._full_key(key)
         md5 = md5.lower()
         if not _HEX_MD5.fullmatch(md5):
             raise ValueError(f"md5 must be 32 hex digits, got {md5!r}")
+        # The same headers on PutObject and CompleteMultipartUpload: the object is replaced
+        # only if it is still the one the caller planned over (or still absent).
+        conditions: dict[str, str] = {}
+        if if_match:
+            conditions["IfMatch"] = _quoted(if_match)
+        elif create_only:
+            conditions["IfNoneMatch"] = "*"
+        what = f"upload {key}"
         try:
             size = src.stat().st_size
             if size < self._transfer.multipart_threshold:
-                return self._put_small(src, key, full, md5, size, progress)
-            with src.open("rb") as fh, self._translated(f"upload {key}"):
-                reader = _HashingReader(fh)
-                self._client.upload_fileobj(
-                    cast(BinaryIO, reader),  # only read() is used
-                    self.bucket,
-                    full,
-                    ExtraArgs={"Metadata": {MD5_METADATA: md5}},
-                    Callback=progress,
-                    Config=self._transfer,
-                )
+                obj = self._put_small(src, key, full, md5, size, progress, conditions)
+            else:
+                obj = self._put_multipart(src, key, full, md5, size, progress, conditions)
         except OSError as exc:
             raise TransferError(f"cannot read {src}: {exc.strerror or exc}") from exc
+        except RemoteNotFoundError as exc:
+            if not if_match:
+                raise
+            # AWS answers If-Match on a missing key with 404 (SeaweedFS with 412).
+            raise PreconditionFailedError(f"{what}: the object no longer exists") from exc
         log.debug("uploaded %s to %s", src, key)
-        # The multipart ETag is not known from the transfer; one HEAD gives the facts.
-        obj = self.stat(key)
-        if obj is None:
-            raise RemoteNotFoundError(f"upload {key}: the object vanished right after upload")
-        sent = reader.hexdigest()
-        if sent != md5:
-            log.warning("%s changed while it was uploaded; the stored copy is not %s", key, md5)
-        # The MD5 of the bytes actually sent, read once in order: what the object holds.
-        return RemoteObject(obj.key, obj.size, obj.etag, sent)
+        return obj
 
     def _put_small(
         self,
@@ -490,6 +479,7 @@ class S3Remote(Remote):
         md5: str,
         size: int,
         progress: ProgressCallback | None,
+        conditions: Mapping[str, str],
     ) -> RemoteObject:
         # Content-MD5 makes the server refuse bytes that are not the content we hashed,
         # e.g. a file rewritten while it was being sent.
@@ -501,15 +491,114 @@ class S3Remote(Remote):
                 Body=fh,
                 ContentMD5=digest,
                 Metadata={MD5_METADATA: md5},
+                **conditions,  # type: ignore[arg-type]
             )
         if progress is not None:
             progress(size)
-        log.debug("uploaded %s to %s", src, key)
         return RemoteObject(key, size, reply["ETag"].strip('"'), md5)
 
-    def delete(self, key: str) -> None:
+    def _put_multipart(
+        self,
+        src: Path,
+        key: str,
+        full: str,
+        md5: str,
+        size: int,
+        progress: ProgressCallback | None,
+        conditions: Mapping[str, str],
+    ) -> RemoteObject:
+        """Parts read once, in order, and hashed as sent; the precondition rides on the
+        complete request (s3transfer's upload_fileobj cannot pass If-Match/If-None-Match)."""
+        what = f"upload {key}"
+        chunk = ChunksizeAdjuster().adjust_chunksize(self._transfer.multipart_chunksize, size)
+        workers = max(1, self._transfer.max_request_concurrency)
+        with self._translated(what):
+            upload_id = self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=full, Metadata={MD5_METADATA: md5}
+            )["UploadId"]
+        sent = hashlib.md5(usedforsecurity=False)
+        total = 0
+        parts: list[CompletedPartTypeDef] = []
+        try:
+            with (
+                src.open("rb") as fh,
+                ThreadPoolExecutor(workers, thread_name_prefix="s3syncd-part") as pool,
+                self._translated(what),
+            ):
+                in_flight: deque[Future[CompletedPartTypeDef]] = deque()
+                number = 0
+                while data := fh.read(chunk):
+                    number += 1
+                    total += len(data)
+                    sent.update(data)
+                    in_flight.append(
+                        pool.submit(self._put_part, full, upload_id, number, data, progress)
+                    )
+                    # Bounded memory: at most `workers` parts held at once.
+                    while len(in_flight) >= workers:
+                        parts.append(in_flight.popleft().result())
+                while in_flight:
+                    parts.append(in_flight.popleft().result())
+                reply = self._client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=full,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                    **conditions,  # type: ignore[arg-type]
+                )
+        except BaseException:
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id
+                )
+            raise
+        digest = sent.hexdigest()
+        if digest != md5:
+            log.warning("%s changed while it was uploaded; the stored copy is not %s", key, md5)
+        # The MD5 of the bytes actually sent, read once in order: what the object holds.
+        return RemoteObject(key, total, _strip_etag(reply.get("ETag", "")), digest)
+
+    def _put_part(
+        self,
+        full: str,
+        upload_id: str,
+        number: int,
+        data: bytes,
+        progress: ProgressCallback | None,
+    ) -> CompletedPartTypeDef:
+        reply = self._client.upload_part(
+            Bucket=self.bucket,
+            Key=full,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+            ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode(),
+        )
+        if progress is not None:
+            progress(len(data))
+        return {"ETag": reply["ETag"], "PartNumber": number}
+
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
         full = self._full_key(key)
-        with contextlib.suppress(RemoteNotFoundError), self._translated(f"delete {key}"):
+        what = f"delete {key}"
+        if if_match and self._delete_if_match:
+            try:
+                self._client.delete_object(Bucket=self.bucket, Key=full, IfMatch=_quoted(if_match))
+                return
+            except ClientError as exc:
+                code, status = _error_parts(exc)
+                if code not in _UNSUPPORTED_CODES and status != 501:
+                    error = self._error(exc, what)
+                    if isinstance(error, RemoteNotFoundError):
+                        return  # already gone (AWS answers a missing key with 404)
+                    if isinstance(error, PreconditionFailedError) and self.stat(key) is None:
+                        return  # SeaweedFS answers a missing key with 412
+                    raise error from exc
+                log.info("server refuses If-Match on DeleteObject (%s); deleting without", code)
+                self._delete_if_match = False
+            except (BotoCoreError, Boto3Error) as exc:
+                raise self._error(exc, what) from exc
+        with contextlib.suppress(RemoteNotFoundError), self._translated(what):
             self._client.delete_object(Bucket=self.bucket, Key=full)
 
     def copy(self, src_key: str, dst_key: str) -> None:
