@@ -138,6 +138,10 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # At DEBUG these log every request's headers, the session token among them; the
+    # daemon keeps them at WARNING the same way.
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 def _toml(text: str) -> str:

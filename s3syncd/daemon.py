@@ -335,6 +335,13 @@ class Daemon:
             self._watcher.check()  # notices a dead observer or a replaced root
         self.engine.scan_local()
         self.last_rescan = self.clock()
+        with self.lock:
+            downloads = [
+                e.action
+                for e in self.queue.entries.values()
+                if e.state is EntryState.APPROVED and e.action.kind is ActionKind.DOWNLOAD
+            ]
+        self.engine.agree_landed(downloads)
         self._replan()
 
     def _audit(self) -> None:
@@ -351,7 +358,7 @@ class Daemon:
                     active={a.id: a.path for a, _ in batch},
                     bytes_total=sum(max(a.size or 0, 0) for a, _ in batch),
                 )
-            self.engine.execute(
+            report = self.engine.execute(
                 batch, progress=self._advance, on_outcome=self._outcome, cancel=self.cancel
             )
             with self.lock:
@@ -359,6 +366,12 @@ class Daemon:
                 self.queue.save()
             if self.stopping.is_set():
                 return
+            # A stale action saw its file differ from the local table; the watcher's news
+            # of it waits behind this loop, so re-read those paths now, or the re-plan
+            # proposes the same action and an auto-approved one spins forever.
+            stale = {o.action.path for o in report.outcomes if o.stale}
+            if stale:
+                self.engine.update_local(stale)
             self._replan()
 
     def _advance(self, nbytes: int) -> None:

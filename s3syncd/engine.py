@@ -119,7 +119,18 @@ class Engine:
         pending = self.state.load_journal()
         if pending:
             log.info("committing %d manifest change(s) left by an interrupted run", len(pending))
-            self._commit(pending)
+            dropped = self._commit(pending)
+            # Committed, they are what both sides hold: the base, as after a whole batch.
+            # A change refused because a colleague's row is newer is re-planned instead.
+            with self.lock:
+                for c in pending:
+                    if c.path in dropped:
+                        continue
+                    if c.row is None:
+                        self.base.pop(c.path, None)
+                    else:
+                        self.base[c.path] = c.row.checksum
+                self.state.save_base(self.base)
 
     def _adopt_legacy_base(self) -> None:
         # The original's versionsLocal.csv is a snapshot taken when its last sync ended:
@@ -282,6 +293,26 @@ class Engine:
             local = {p: f for p, f in self.index.items() if keep(p)}
         return reconcile(base, local, view, self.user)
 
+    def agree_landed(self, downloads: Iterable[Action]) -> None:
+        """Agree on approved downloads whose file already holds what they fetch.
+
+        A kill -9 between a download's rename and its record leaves exactly that: the
+        content is a version the remote had, so it is agreed, not a local edit.
+        """
+        with self.lock:
+            landed = {
+                a.path: a.remote_md5
+                for a in downloads
+                if a.remote_md5 is not None
+                and (lf := self.index.get(a.path)) is not None
+                and lf.md5 == a.remote_md5
+                and self.base.get(a.path) != a.remote_md5
+            }
+            if landed:
+                log.info("%d download(s) had landed before an interruption", len(landed))
+                self.base.update(landed)
+                self.state.save_base(self.base)
+
     def _shared(self, path: str) -> bool:
         return not is_legacy_excluded(path) and not self.ignore.matches(path)
 
@@ -359,6 +390,7 @@ class Engine:
             progress,
             cancel,
             conditional_writes=self.conditional_writes,
+            uncommitted={c.path: c.row.checksum for c in self.state.load_journal() if c.row},
         )
         todo = []
         for action, resolution in approved:
@@ -374,7 +406,7 @@ class Engine:
         with ThreadPoolExecutor(
             max_workers=self.workers, thread_name_prefix="s3syncd-xfer"
         ) as pool:
-            for out in pool.map(lambda ar: executor.run(ctx, ar[0], ar[1]), todo):
+            for out in pool.map(lambda ar: self._agree_early(executor.run(ctx, *ar), known), todo):
                 report.outcomes.append(out)
                 self._absorb_local(out)
                 if on_outcome:
@@ -405,6 +437,25 @@ class Engine:
         journal = list(pending.values())
         self.state.save_journal(journal)
         return journal
+
+    def _agree_early(self, out: Outcome, known: Mapping[str, Row]) -> Outcome:
+        # Make each outcome durable the moment it is done, or a kill -9 before the batch
+        # ends forgets it and the next edit of that file looks like a conflict. Manifest
+        # changes go to the journal (the next start commits them); an outcome that needs
+        # none (a verified download, a local delete) is agreed already.
+        if out.ok and out.changes:
+            with self.lock:
+                # Guarded like the batch's commit: a replay never lands over a newer row.
+                self.state.append_journal([_guard(c, known) for c in out.changes])
+        elif out.ok and out.base:
+            with self.lock:
+                for path, md5 in out.base.items():
+                    if md5 is None:
+                        self.base.pop(path, None)
+                    else:
+                        self.base[path] = md5
+                self.state.append_base(out.base)
+        return out
 
     def _absorb_local(self, out: Outcome) -> None:
         # In memory only; saved once per pass. After a crash the index is merely behind,

@@ -62,6 +62,8 @@ class Context:
     # Whether the remote enforces upload preconditions (the start-up probe). If not, the
     # object an upload replaces is first copied into .S3/deleted/.
     conditional_writes: bool = True
+    # path -> MD5 of our uploads whose rows still wait in the journal (failed commits).
+    uncommitted: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -167,7 +169,8 @@ def _replacing(ctx: Context, action: Action) -> tuple[str | None, bool]:
     only be named by the ETag seen now.
     """
     path = action.path
-    if action.remote_md5 is None:
+    own = ctx.uncommitted.get(path)
+    if action.remote_md5 is None and own is None:
         # The server enforces create-only itself; without it, a HEAD is the best we have.
         if not ctx.conditional_writes and ctx.remote.stat(path) is not None:
             raise StaleActionError(f"{path} appeared on the remote since the action was planned")
@@ -175,7 +178,13 @@ def _replacing(ctx: Context, action: Action) -> tuple[str | None, bool]:
     current = ctx.remote.stat(path)
     if current is None:
         raise StaleActionError(f"{path} was deleted on the remote since the action was planned")
+    if own is not None and current.md5 == own:
+        # Our own upload whose row still waits in the journal (a failed commit): the
+        # manifest does not show it yet, but it is the version this edit follows.
+        return current.etag or None, False
     planned = action.remote_md5
+    if planned is None:
+        raise StaleActionError(f"{path} appeared on the remote since the action was planned")
     if planned != UNKNOWN_MD5 and current.md5 is not None and current.md5 != planned:
         raise StaleActionError(f"{path} changed on the remote since the action was planned")
     return current.etag or None, False

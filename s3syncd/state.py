@@ -6,7 +6,12 @@ Legacy files (shared with the original package): ``versions.csv``, ``versionsLoc
 
 Files of our own (all JSON, written atomically, versioned with a ``"v"`` field):
 
-- ``sync-base.json``: the last version both sides agreed on, path -> MD5.
+- ``sync-base.json``: the last version both sides agreed on, path -> MD5, with a
+  generation number ``gen``.
+- ``sync-base.log``: agreements reached since that snapshot (a verified download), one JSON
+  line each (``{"g": gen, "p": path, "m": md5 or null}``), appended as they happen so a
+  kill -9 in the middle of a batch keeps them; replayed over the snapshot of the same
+  generation, dropped when the next snapshot is written.
 - ``sync-index.json``: the local hash cache, path -> [size, mtime_ns, md5], so a file is
   rehashed only when its size or mtime changed.
 - ``sync-journal.json``: completed transfers whose manifest rows are not committed yet;
@@ -15,6 +20,10 @@ Files of our own (all JSON, written atomically, versioned with a ``"v"`` field):
   ``"replaces"`` the checksum of the remote row it was made over (null: no row); a
   change whose row a colleague has changed since is dropped and re-planned, not replayed.
   Entries without ``"replaces"`` (older versions) are replayed unconditionally.
+- ``sync-journal.log``: the same, one JSON line per change (``RowChange.to_json``),
+  appended as each transfer completes so a kill -9 in the middle of a batch keeps it;
+  read after ``sync-journal.json`` (a later line wins for its path), dropped when the
+  journal is next saved.
 - ``sync-queue.json``: the approval queue, rejected actions and the mass-delete window
   (daemon; see ``approvals.DeleteWindow``).
 - ``trash/``: local files removed by a sync, kept until the user deletes them.
@@ -25,7 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,12 +48,22 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 
 BASE_FILE = "sync-base.json"
+BASE_LOG = "sync-base.log"
 INDEX_FILE = "sync-index.json"
 JOURNAL_FILE = "sync-journal.json"
+JOURNAL_LOG = "sync-journal.log"
 QUEUE_FILE = "sync-queue.json"
 # The legacy tables are sync state too (recomputed from the remote and the folder).
 LEGACY_TABLES = ("versions.csv", "versionsLocal.csv", "deletedS3.csv", "deletedLocal.csv")
-SYNC_STATE_FILES = (*LEGACY_TABLES, BASE_FILE, INDEX_FILE, JOURNAL_FILE, QUEUE_FILE)
+SYNC_STATE_FILES = (
+    *LEGACY_TABLES,
+    BASE_FILE,
+    BASE_LOG,
+    INDEX_FILE,
+    JOURNAL_FILE,
+    JOURNAL_LOG,
+    QUEUE_FILE,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +114,7 @@ class StateDir:
     def __init__(self, datafolder: Path) -> None:
         self.datafolder = datafolder
         self.root = datafolder / STATE_DIR
+        self._base_gen = 0  # generation of the base snapshot; log lines of others are old
 
     # legacy files
     @property
@@ -168,10 +188,41 @@ class StateDir:
         write_atomic(self.file(name), json.dumps(payload, indent=1, sort_keys=True).encode())
 
     def load_base(self) -> dict[str, str]:
-        return {str(k): str(v) for k, v in self.read_json(BASE_FILE).get("files", {}).items()}
+        data = self.read_json(BASE_FILE)
+        base = {str(k): str(v) for k, v in data.get("files", {}).items()}
+        self._base_gen = int(data.get("gen", 0))
+        try:
+            lines = self.file(BASE_LOG).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return base
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StateError(f"{self.file(BASE_LOG)} is unreadable ({exc})") from exc
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # the last line, torn by a crash while it was written
+            if not isinstance(rec, dict) or rec.get("g") != self._base_gen:
+                continue  # written before the snapshot we have: already in it
+            path, md5 = rec.get("p"), rec.get("m")
+            if isinstance(path, str) and md5 is None:
+                base.pop(path, None)
+            elif isinstance(path, str) and isinstance(md5, str):
+                base[path] = md5
+        return base
 
     def save_base(self, base: Mapping[str, str]) -> None:
-        self.write_json(BASE_FILE, {"files": dict(sorted(base.items()))})
+        self._base_gen += 1
+        self.write_json(BASE_FILE, {"files": dict(sorted(base.items())), "gen": self._base_gen})
+        self.file(BASE_LOG).unlink(missing_ok=True)
+
+    def append_base(self, updates: Mapping[str, str | None]) -> None:
+        """Record agreements now, O(change), without rewriting the snapshot."""
+        lines = "".join(
+            json.dumps({"g": self._base_gen, "p": p, "m": m}) + "\n" for p, m in updates.items()
+        )
+        with self.file(BASE_LOG).open("a", encoding="utf-8") as fh:
+            fh.write(lines)  # one write: a kill -9 leaves whole lines or a torn last one
 
     def load_index(self) -> dict[str, LocalFile]:
         files = self.read_json(INDEX_FILE).get("files", {})
@@ -184,10 +235,32 @@ class StateDir:
         self.write_json(INDEX_FILE, {"files": files})
 
     def load_journal(self) -> list[RowChange]:
-        return [RowChange.from_json(c) for c in self.read_json(JOURNAL_FILE).get("changes", [])]
+        changes = [RowChange.from_json(c) for c in self.read_json(JOURNAL_FILE).get("changes", [])]
+        try:
+            lines = self.file(JOURNAL_LOG).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return changes
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StateError(f"{self.file(JOURNAL_LOG)} is unreadable ({exc})") from exc
+        by_path = {c.path: c for c in changes}
+        for line in lines:
+            try:
+                change = RowChange.from_json(json.loads(line))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # the last line, torn by a crash while it was written
+            by_path.pop(change.path, None)  # a later change of a path replaces the earlier
+            by_path[change.path] = change
+        return list(by_path.values())
 
     def save_journal(self, changes: list[RowChange]) -> None:
         self.write_json(JOURNAL_FILE, {"changes": [c.to_json() for c in changes]})
+        self.file(JOURNAL_LOG).unlink(missing_ok=True)
+
+    def append_journal(self, changes: Sequence[RowChange]) -> None:
+        """Journal one transfer's changes now, O(change), without rewriting the journal."""
+        lines = "".join(json.dumps(c.to_json()) + "\n" for c in changes)
+        with self.file(JOURNAL_LOG).open("a", encoding="utf-8") as fh:
+            fh.write(lines)  # one write: a kill -9 leaves whole lines or a torn last one
 
     def has_base(self) -> bool:
         return self.file(BASE_FILE).exists()

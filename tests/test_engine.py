@@ -600,7 +600,7 @@ def test_crash_after_a_download_is_installed_is_agreed_next_pass(
         alice.sync()
     monkeypatch.undo()
     assert alice.read("doc.txt") == b"v2 from bob\n"  # new, not torn
-    assert alice.base()["doc.txt"] == md5(b"v1\n")
+    assert alice.base()["doc.txt"] == md5(b"v2 from bob\n")  # agreed once it landed
     assert tmp_leftovers(alice) == []
 
     counting = CountingRemote(world.remote_root)

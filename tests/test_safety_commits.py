@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import unique_name
@@ -59,12 +60,17 @@ class HookedRemote(LocalDirRemote):
         self.hook: Callable[[], None] | None = None
 
     def upload(
-        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None
+        self,
+        src: Path,
+        key: str,
+        md5: str,
+        progress: ProgressCallback | None = None,
+        **conditions: Any,
     ) -> RemoteObject:
         hook, self.hook = (self.hook, None) if key == self.key else (None, self.hook)
         if hook is not None:
             hook()
-        return super().upload(src, key, md5, progress)
+        return super().upload(src, key, md5, progress, **conditions)
 
 
 class UnreachableRemote(LocalDirRemote):
@@ -179,12 +185,17 @@ class HookedS3Remote(S3Remote):
     hook: Callable[[], None] | None = None
 
     def upload(
-        self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None
+        self,
+        src: Path,
+        key: str,
+        md5: str,
+        progress: ProgressCallback | None = None,
+        **conditions: Any,
     ) -> RemoteObject:
         hook, self.hook = (self.hook, None) if key == self.key else (None, self.hook)
         if hook is not None:
             hook()
-        return super().upload(src, key, md5, progress)
+        return super().upload(src, key, md5, progress, **conditions)
 
 
 def test_merging_commit_on_s3_plans_from_a_fresh_listing(
