@@ -420,12 +420,17 @@ def test_an_upload_is_journalled_before_its_batch_ends_and_replayed_as_agreed(
 
     class SlowRemote(LocalDirRemote):
         def upload(
-            self, src: Path, key: str, md5: str, progress: ProgressCallback | None = None
+            self,
+            src: Path,
+            key: str,
+            md5: str,
+            progress: ProgressCallback | None = None,
+            **conditions: Any,
         ) -> Any:
             if key == "slow.txt":
                 blocked.set()
                 assert release.wait(30)
-            return super().upload(src, key, md5, progress)
+            return super().upload(src, key, md5, progress, **conditions)
 
     share = tmp_path / "share"
     share.mkdir()
