@@ -33,7 +33,7 @@ from s3syncd.model import (
     is_legacy_excluded,
     validate_rel_path,
 )
-from s3syncd.reconcile import reconcile
+from s3syncd.reconcile import UNKNOWN_MD5, reconcile
 from s3syncd.remote.base import ProgressCallback, Remote
 from s3syncd.state import RowChange, StateDir
 
@@ -76,6 +76,9 @@ class Engine:
         self.state = StateDir(cfg.datafolder)
         self.lock = threading.RLock()
         self.base: dict[str, str] = {}
+        # The ETag each base version had on the remote, where known: the change signal
+        # for objects whose ETag is not their MD5 (multipart uploads, SSE-KMS buckets).
+        self.base_etags: dict[str, str] = {}
         self.index: dict[str, LocalFile] = {}
         self.skipped: dict[str, str] = {}
         self.manifest: manifest.Manifest | None = None
@@ -96,6 +99,7 @@ class Engine:
         self.state.clean_tmp()
         with self.lock:
             self.base = self.state.load_base()
+            self.base_etags = self.state.load_base_etags()
             self.index = self.state.load_index()
         self.reload_ignores()
         self.remote.check()
@@ -115,7 +119,7 @@ class Engine:
             with self.lock:
                 if self.state.versions_local.exists():
                     self._adopt_legacy_base()
-                self.state.save_base(self.base)
+                self.state.save_base(self.base, self.base_etags)
         pending = self.state.load_journal()
         if pending:
             log.info("committing %d manifest change(s) left by an interrupted run", len(pending))
@@ -126,11 +130,13 @@ class Engine:
                 for c in pending:
                     if c.path in dropped:
                         continue
+                    # The ETag the journalled write got is not recorded: unknown.
+                    self.base_etags.pop(c.path, None)
                     if c.row is None:
                         self.base.pop(c.path, None)
                     else:
                         self.base[c.path] = c.row.checksum
-                self.state.save_base(self.base)
+                self.state.save_base(self.base, self.base_etags)
 
     def _adopt_legacy_base(self) -> None:
         # The original's versionsLocal.csv is a snapshot taken when its last sync ended:
@@ -249,20 +255,45 @@ class Engine:
     def _relist(self) -> None:
         objects = self.remote.list()
         with self.lock:
-            rows = self.manifest.rows if self.manifest else {}
+            base = dict(self.base)
+            base_etags = dict(self.base_etags)
+            before = dict(self.objects or {})
         result: dict[str, RemoteObject] = {}
         for key, obj in objects.items():
             if not _safe(key):
                 log.warning("ignoring remote object with an unsafe name: %r", key)
                 continue
-            if obj.md5 is None and key not in rows:
-                # Orphan with a multipart ETag: our uploads record the MD5 as metadata.
-                stat = self.remote.stat(key)
-                if stat is not None:
-                    obj = stat
+            if obj.md5 is None and self._shared(key):
+                obj = self._learn_md5(obj, base.get(key), base_etags.get(key), before.get(key))
             result[key] = obj
         with self.lock:
             self.objects = result
+
+    def _learn_md5(
+        self,
+        obj: RemoteObject,
+        base_md5: str | None,
+        base_etag: str | None,
+        seen: RemoteObject | None,
+    ) -> RemoteObject:
+        """The MD5 of a listed object whose ETag is not one (multipart, SSE-KMS).
+
+        The ETag is the change signal. The ETag agreed in the base means the base's
+        content. Any other ETag costs a HEAD for our ``md5`` metadata, because the row may
+        be stale (an old client's blind write) and must not be trusted over the object;
+        if the metadata is missing too, a changed ETag means "changed, content unknown".
+        Only an object we never agreed on has nothing to compare with: the row stands.
+        """
+        if base_md5 is not None and base_etag == obj.etag:
+            return replace(obj, md5=base_md5)
+        if seen is not None and seen.etag == obj.etag and seen.md5 not in (None, UNKNOWN_MD5):
+            return seen  # learnt at an earlier listing, and unchanged since
+        stat = self.remote.stat(obj.key)
+        if stat is None:
+            return obj  # gone since the listing; the next one will say so
+        if stat.md5 is None and base_etag is not None and base_md5 is not None:
+            return replace(stat, md5=UNKNOWN_MD5)
+        return stat
 
     # --- planning -----------------------------------------------------------------------
     def plan(self) -> Plan:
@@ -311,7 +342,9 @@ class Engine:
             if landed:
                 log.info("%d download(s) had landed before an interruption", len(landed))
                 self.base.update(landed)
-                self.state.save_base(self.base)
+                for path in landed:
+                    self.base_etags.pop(path, None)  # unknown: the next listing HEADs it
+                self.state.save_base(self.base, self.base_etags)
 
     def _shared(self, path: str) -> bool:
         return not is_legacy_excluded(path) and not self.ignore.matches(path)
@@ -321,14 +354,32 @@ class Engine:
         with self.lock:
             changed = False
             for path, md5 in plan.agreed.items():
+                etag = self._agreed_etag(path, md5)
                 if self.base.get(path) != md5:
                     self.base[path] = md5
                     changed = True
+                if etag != self.base_etags.get(path):
+                    changed = True
+                    if etag is None:
+                        del self.base_etags[path]
+                    else:
+                        self.base_etags[path] = etag
             for path in plan.forget:
+                self.base_etags.pop(path, None)
                 if self.base.pop(path, None) is not None:
                     changed = True
             if changed:
-                self.state.save_base(self.base)
+                self.state.save_base(self.base, self.base_etags)
+
+    def _agreed_etag(self, path: str, md5: str) -> str | None:
+        """The ETag to remember with ``md5`` as the agreed version of ``path``."""
+        obj = self.objects.get(path) if self.objects is not None else None
+        # md5 None: an object nothing could tell the MD5 of, agreed on the row's word.
+        if obj is not None and obj.etag and obj.md5 in (None, md5):
+            return obj.etag
+        if (obj is None or not obj.etag) and self.base.get(path) == md5:
+            return self.base_etags.get(path)  # nothing new is known: keep what we had
+        return None
 
     # --- execution ----------------------------------------------------------------------
     def stale_remote(self, actions: Sequence[Action]) -> set[str]:
@@ -381,6 +432,9 @@ class Engine:
         stale_ids = self.stale_remote([a for a, _ in approved])
         with self.lock:
             known = dict(self.manifest.rows) if self.manifest else {}
+            # Listed before any transfer: an ETag seen here can only be older than what
+            # a download reads, never newer (see _absorb_base).
+            listed = dict(self.objects or {})
         ctx = executor.Context(
             self.state,
             self.remote,
@@ -423,7 +477,9 @@ class Engine:
             report.commit_error = exc.message
             log.error("manifest commit failed (kept in the journal for the next run): %s", exc)
             return report
-        self._absorb_base([o for o in report.done if not dropped & {c.path for c in o.changes}])
+        self._absorb_base(
+            [o for o in report.done if not dropped & {c.path for c in o.changes}], listed
+        )
         return report
 
     def _journal(self, changes: Sequence[RowChange]) -> list[RowChange]:
@@ -450,6 +506,7 @@ class Engine:
         elif out.ok and out.base:
             with self.lock:
                 for path, md5 in out.base.items():
+                    self.base_etags.pop(path, None)  # set by _absorb_base at the batch's end
                     if md5 is None:
                         self.base.pop(path, None)
                     else:
@@ -469,15 +526,26 @@ class Engine:
                 else:
                     self.index[path] = lf
 
-    def _absorb_base(self, done: Sequence[Outcome]) -> None:
+    def _absorb_base(self, done: Sequence[Outcome], listed: Mapping[str, RemoteObject]) -> None:
         with self.lock:
             for out in done:
                 for path, md5 in out.base.items():
                     if md5 is None:
                         self.base.pop(path, None)
+                        self.base_etags.pop(path, None)
+                        continue
+                    self.base[path] = md5
+                    # Uploads know their ETag. Otherwise the listing's, if it was already
+                    # known to hold this very content (a download, a restored row).
+                    etag = out.etags.get(path)
+                    seen = listed.get(path)
+                    if not etag and seen is not None and seen.md5 == md5:
+                        etag = seen.etag
+                    if etag:
+                        self.base_etags[path] = etag
                     else:
-                        self.base[path] = md5
-            self.state.save_base(self.base)
+                        self.base_etags.pop(path, None)
+            self.state.save_base(self.base, self.base_etags)
             self._save_local_tables()
 
     def _commit(self, changes: list[RowChange]) -> set[str]:

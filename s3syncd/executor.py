@@ -47,6 +47,8 @@ class Outcome:
     base: Mapping[str, str | None] = field(default_factory=dict)  # md5, or None to forget
     local: Mapping[str, LocalFile | None] = field(default_factory=dict)  # our own writes
     stale: bool = False
+    # ETag of the object holding the ``base`` MD5, where the write told us (uploads).
+    etags: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +123,13 @@ def _row_for(ctx: Context, lf: LocalFile) -> Row:
 
 def _send(
     ctx: Context, action: Action, lf: LocalFile, keep_copy: bool = False
-) -> tuple[RowChange, LocalFile]:
+) -> tuple[RowChange, LocalFile, dict[str, str]]:
     """Upload ``lf`` over the remote version ``action`` was planned from, and nothing else.
 
     Planned absent: create-only. Planned over a known object: that object, named by its
     ETag, is the only one the upload may replace. A refusal is a re-plan, never an
     overwrite. ``keep_copy`` first copies the replaced object into the remote trash.
+    Also returns the new object's ETag where it names exactly the content we hashed.
     """
     localfs.check_unchanged(ctx.root, lf.path, lf)
     if_match, create_only = _replacing(ctx, action)
@@ -158,7 +161,9 @@ def _send(
         # None when it cannot tell); the newer save is then simply the next upload.
         if sent.md5 != lf.md5:
             raise StaleActionError(f"{lf.path} changed while uploading; not recorded") from None
-    return RowChange(lf.path, _row_for(ctx, lf)), lf
+    # The ETag names the agreed version only if the stored bytes are the ones we hashed.
+    etags = {lf.path: sent.etag} if sent.etag and sent.md5 == lf.md5 else {}
+    return RowChange(lf.path, _row_for(ctx, lf)), lf, etags
 
 
 def _replacing(ctx: Context, action: Action) -> tuple[str | None, bool]:
@@ -192,8 +197,8 @@ def _replacing(ctx: Context, action: Action) -> tuple[str | None, bool]:
 
 def _upload(ctx: Context, action: Action) -> Outcome:
     assert action.local is not None
-    change, lf = _send(ctx, action, action.local)
-    return Outcome(action, True, "uploaded", (change,), {lf.path: lf.md5})
+    change, lf, etags = _send(ctx, action, action.local)
+    return Outcome(action, True, "uploaded", (change,), {lf.path: lf.md5}, etags=etags)
 
 
 def _fetch(ctx: Context, action: Action) -> tuple[Path, str]:
@@ -207,7 +212,9 @@ def _fetch(ctx: Context, action: Action) -> tuple[Path, str]:
         ctx.remote.download(action.path, tmp, ctx.progress)
         digest = localfs.md5_file(tmp)
         want = action.remote_md5
-        if want not in (None, UNKNOWN_MD5) and digest != want:
+        # The row vouches too: ``want`` may come from an ETag that is not an MD5 (SSE-KMS).
+        vouched = action.remote is not None and digest == action.remote.checksum
+        if want not in (None, UNKNOWN_MD5) and digest != want and not vouched:
             raise ChecksumMismatchError(
                 f"{action.path}: downloaded MD5 {digest} does not match the manifest's {want}"
             )
@@ -334,8 +341,10 @@ def _conflict(ctx: Context, action: Action, resolution: Resolution) -> Outcome:
             return Outcome(
                 action, True, "kept local (deleted on remote, copy kept)", (change,), {path: None}
             )
-        change, sent = _send(ctx, action, lf, keep_copy=has_remote)
-        return Outcome(action, True, "kept local (uploaded)", (change,), {path: sent.md5})
+        change, sent, etags = _send(ctx, action, lf, keep_copy=has_remote)
+        return Outcome(
+            action, True, "kept local (uploaded)", (change,), {path: sent.md5}, etags=etags
+        )
     if resolution is Resolution.REMOTE:
         local_updates: dict[str, LocalFile | None] = {}
         fetched = _fetch(ctx, action) if has_remote else None

@@ -6,12 +6,15 @@ Legacy files (shared with the original package): ``versions.csv``, ``versionsLoc
 
 Files of our own (all JSON, written atomically, versioned with a ``"v"`` field):
 
-- ``sync-base.json``: the last version both sides agreed on, path -> MD5, with a
-  generation number ``gen``.
+- ``sync-base.json``: the last version both sides agreed on, path -> MD5 (``files``), the
+  ETag the object had in that version where known (``etags``, path -> ETag: a listed ETag
+  that differs is the sign that the object changed, even under a stale row; files written
+  before ``etags`` existed are read as "no ETag known"), and a generation number ``gen``.
 - ``sync-base.log``: agreements reached since that snapshot (a verified download), one JSON
   line each (``{"g": gen, "p": path, "m": md5 or null}``), appended as they happen so a
   kill -9 in the middle of a batch keeps them; replayed over the snapshot of the same
-  generation, dropped when the next snapshot is written.
+  generation, dropped when the next snapshot is written. A logged path's ETag is forgotten
+  (unknown costs one HEAD, never a wrong MD5).
 - ``sync-index.json``: the local hash cache, path -> [size, mtime_ns, md5], so a file is
   rehashed only when its size or mtime changed.
 - ``sync-journal.json``: completed transfers whose manifest rows are not committed yet;
@@ -115,6 +118,7 @@ class StateDir:
         self.datafolder = datafolder
         self.root = datafolder / STATE_DIR
         self._base_gen = 0  # generation of the base snapshot; log lines of others are old
+        self._logged: set[str] = set()  # paths in the base log: their ETags are unknown
 
     # legacy files
     @property
@@ -191,6 +195,7 @@ class StateDir:
         data = self.read_json(BASE_FILE)
         base = {str(k): str(v) for k, v in data.get("files", {}).items()}
         self._base_gen = int(data.get("gen", 0))
+        self._logged = set()
         try:
             lines = self.file(BASE_LOG).read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
@@ -205,16 +210,31 @@ class StateDir:
             if not isinstance(rec, dict) or rec.get("g") != self._base_gen:
                 continue  # written before the snapshot we have: already in it
             path, md5 = rec.get("p"), rec.get("m")
+            if isinstance(path, str):
+                self._logged.add(path)
             if isinstance(path, str) and md5 is None:
                 base.pop(path, None)
             elif isinstance(path, str) and isinstance(md5, str):
                 base[path] = md5
         return base
 
-    def save_base(self, base: Mapping[str, str]) -> None:
+    def load_base_etags(self) -> dict[str, str]:
+        """The agreed ETags; call after :meth:`load_base`, whose log paths lose theirs."""
+        etags = {str(k): str(v) for k, v in self.read_json(BASE_FILE).get("etags", {}).items()}
+        for path in self._logged:
+            etags.pop(path, None)
+        return etags
+
+    def save_base(self, base: Mapping[str, str], etags: Mapping[str, str]) -> None:
+        """Write the base; an ETag is kept only for a path the base holds."""
         self._base_gen += 1
-        self.write_json(BASE_FILE, {"files": dict(sorted(base.items())), "gen": self._base_gen})
+        kept = {p: e for p, e in sorted(etags.items()) if p in base and e}
+        self.write_json(
+            BASE_FILE,
+            {"files": dict(sorted(base.items())), "etags": kept, "gen": self._base_gen},
+        )
         self.file(BASE_LOG).unlink(missing_ok=True)
+        self._logged = set()
 
     def append_base(self, updates: Mapping[str, str | None]) -> None:
         """Record agreements now, O(change), without rewriting the snapshot."""
@@ -223,6 +243,7 @@ class StateDir:
         )
         with self.file(BASE_LOG).open("a", encoding="utf-8") as fh:
             fh.write(lines)  # one write: a kill -9 leaves whole lines or a torn last one
+        self._logged.update(updates)
 
     def load_index(self) -> dict[str, LocalFile]:
         files = self.read_json(INDEX_FILE).get("files", {})

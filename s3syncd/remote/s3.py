@@ -108,7 +108,8 @@ def _plain_md5(etag: str) -> str | None:
     """The ETag if it is an MD5 of the content (single-part upload), else None.
 
     Multipart ETags look like ``<hex>-<parts>``. SSE-KMS ETags are 32 hex digits but not
-    MD5s; S3 gives no way to tell, so uploads also store the MD5 as metadata.
+    MD5s; S3 gives no way to tell, so uploads also store the MD5 as metadata and
+    :class:`S3Remote` takes a 32-hex ETag for the MD5 only once it saw that it is one.
     """
     etag = _strip_etag(etag).lower()
     return etag if _HEX_MD5.fullmatch(etag) else None
@@ -231,6 +232,11 @@ class S3Remote(Remote):
         # Whether DeleteObject accepts If-Match: likewise.
         self._delete_if_match = True
         self._conditional: bool | None = None
+        # Whether this bucket's single-part ETags are the content's MD5 (False under
+        # SSE-KMS). Unknown until one of our own PUTs tells: per process, and the start-up
+        # probe is such a PUT, so it is known before the first listing.
+        self._etags_are_md5: bool | None = None
+        self._etag_lock = threading.Lock()
         self._probe_lock = threading.Lock()
         # Counts HTTP requests actually sent (retries included), for `status` and tests.
         self._requests = 0
@@ -328,6 +334,33 @@ class S3Remote(Remote):
         except (ClientError, BotoCoreError, Boto3Error) as exc:
             raise self._error(exc, what) from exc
 
+    def _etag(self, raw: str) -> str:
+        """The ETag of a server reply as we keep it. Every reply's ETag enters here, and
+        every ETag sent back leaves through :meth:`_wire_etag`: the seam where a test
+        platform stands in for a bucket whose ETags are not MD5s (SSE-KMS)."""
+        return _strip_etag(raw)
+
+    def _wire_etag(self, etag: str) -> str:
+        """An ETag we hold, as sent in ``If-Match`` / ``If-None-Match``."""
+        return _quoted(etag)
+
+    def _learn_etag(self, etag: str, md5: str) -> None:
+        """A single-part PUT of content whose MD5 we know: is its ETag that MD5?"""
+        same = etag.lower() == md5
+        with self._etag_lock:
+            before = self._etags_are_md5
+            # One contradiction is enough: never trust ETags again in this process.
+            self._etags_are_md5 = same and before is not False
+        if not same and before is not False:
+            log.info(
+                "%s: ETags are not MD5s (e.g. SSE-KMS); using the md5 metadata instead",
+                self.describe(),
+            )
+
+    def _md5_of_etag(self, etag: str) -> str | None:
+        """The MD5 an ETag stands for, if this bucket's ETags are known to be MD5s."""
+        return _plain_md5(etag) if self._etags_are_md5 else None
+
     def close(self) -> None:
         """Close the client's connection pool."""
         self._client.close()
@@ -394,9 +427,12 @@ class S3Remote(Remote):
                         continue
                     if not under and key.startswith(STATE_PREFIX):
                         continue
-                    etag = _strip_etag(item.get("ETag", ""))
+                    etag = self._etag(item.get("ETag", ""))
                     found[key] = RemoteObject(
-                        key=key, size=int(item.get("Size", 0)), etag=etag, md5=_plain_md5(etag)
+                        key=key,
+                        size=int(item.get("Size", 0)),
+                        etag=etag,
+                        md5=self._md5_of_etag(etag),
                     )
         return found
 
@@ -407,9 +443,9 @@ class S3Remote(Remote):
                 head = self._client.head_object(Bucket=self.bucket, Key=full)
         except RemoteNotFoundError:
             return None
-        etag = _strip_etag(head.get("ETag", ""))
+        etag = self._etag(head.get("ETag", ""))
         recorded = head.get("Metadata", {}).get(MD5_METADATA, "").lower()
-        md5 = recorded if _HEX_MD5.fullmatch(recorded) else _plain_md5(etag)
+        md5 = recorded if _HEX_MD5.fullmatch(recorded) else self._md5_of_etag(etag)
         return RemoteObject(key=key, size=int(head.get("ContentLength", 0)), etag=etag, md5=md5)
 
     def download(self, key: str, dest: Path, progress: ProgressCallback | None = None) -> None:
@@ -451,7 +487,7 @@ class S3Remote(Remote):
         # only if it is still the one the caller planned over (or still absent).
         conditions: dict[str, str] = {}
         if if_match:
-            conditions["IfMatch"] = _quoted(if_match)
+            conditions["IfMatch"] = self._wire_etag(if_match)
         elif create_only:
             conditions["IfNoneMatch"] = "*"
         what = f"upload {key}"
@@ -495,7 +531,9 @@ class S3Remote(Remote):
             )
         if progress is not None:
             progress(size)
-        return RemoteObject(key, size, reply["ETag"].strip('"'), md5)
+        etag = self._etag(reply["ETag"])
+        self._learn_etag(etag, md5)  # Content-MD5 made the server store exactly ``md5``
+        return RemoteObject(key, size, etag, md5)
 
     def _put_multipart(
         self,
@@ -556,7 +594,7 @@ class S3Remote(Remote):
         if digest != md5:
             log.warning("%s changed while it was uploaded; the stored copy is not %s", key, md5)
         # The MD5 of the bytes actually sent, read once in order: what the object holds.
-        return RemoteObject(key, total, _strip_etag(reply.get("ETag", "")), digest)
+        return RemoteObject(key, total, self._etag(reply.get("ETag", "")), digest)
 
     def _put_part(
         self,
@@ -583,7 +621,9 @@ class S3Remote(Remote):
         what = f"delete {key}"
         if if_match and self._delete_if_match:
             try:
-                self._client.delete_object(Bucket=self.bucket, Key=full, IfMatch=_quoted(if_match))
+                self._client.delete_object(
+                    Bucket=self.bucket, Key=full, IfMatch=self._wire_etag(if_match)
+                )
                 return
             except ClientError as exc:
                 code, status = _error_parts(exc)
@@ -640,7 +680,7 @@ class S3Remote(Remote):
         try:
             if if_none_match:
                 response = self._client.get_object(
-                    Bucket=self.bucket, Key=full, IfNoneMatch=_quoted(if_none_match)
+                    Bucket=self.bucket, Key=full, IfNoneMatch=self._wire_etag(if_none_match)
                 )
             else:
                 response = self._client.get_object(Bucket=self.bucket, Key=full)
@@ -659,7 +699,7 @@ class S3Remote(Remote):
             raise error from exc
         except (BotoCoreError, Boto3Error) as exc:
             raise self._error(exc, what) from exc
-        return Blob(data=data, etag=_strip_etag(response.get("ETag", "")))
+        return Blob(data=data, etag=self._etag(response.get("ETag", "")))
 
     def write_blob(
         self, key: str, data: bytes, if_match: str | None = None, create_only: bool = False
@@ -667,14 +707,15 @@ class S3Remote(Remote):
         if if_match and create_only:
             raise ValueError("write_blob: if_match and create_only exclude each other")
         what = f"write {key}"
+        md5 = hashlib.md5(data).hexdigest()
         request: PutObjectRequestTypeDef = {
             "Bucket": self.bucket,
             "Key": self._full_key(key),
             "Body": data,
-            "Metadata": {MD5_METADATA: hashlib.md5(data).hexdigest()},
+            "Metadata": {MD5_METADATA: md5},
         }
         if if_match:
-            request["IfMatch"] = _quoted(if_match)
+            request["IfMatch"] = self._wire_etag(if_match)
         elif create_only:
             request["IfNoneMatch"] = "*"
         try:
@@ -686,7 +727,9 @@ class S3Remote(Remote):
             # AWS answers If-Match on a missing key with 404 (SeaweedFS with 412): either
             # way the object is not the one the caller read.
             raise PreconditionFailedError(f"{what}: the object no longer exists") from exc
-        return _strip_etag(response.get("ETag", ""))
+        etag = self._etag(response.get("ETag", ""))
+        self._learn_etag(etag, md5)
+        return etag
 
     def supports_conditional_writes(self) -> bool:
         """Probe once: create-only twice and a stale If-Match must both be refused."""
