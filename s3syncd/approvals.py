@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -227,11 +227,27 @@ class ApprovalQueue:
         self.window = window.roll(now, total_files)
         return delete_brake(actions, total_files, policy, self.window)
 
+    def outside(self, scope: Collection[str] | None) -> list[Action]:
+        """The queued actions a plan of only ``scope`` leaves as they are."""
+        if scope is None:
+            return []
+        return [e.action for e in self.entries.values() if e.action.path not in scope]
+
     def update(
-        self, actions: Sequence[Action], now: float, policy: Policy, brake: DeleteBrake
+        self,
+        actions: Sequence[Action],
+        now: float,
+        policy: Policy,
+        brake: DeleteBrake,
+        scope: Collection[str] | None = None,
     ) -> None:
-        """Make the queue the current plan (minus rejections), auto-approving per policy."""
+        """Make the queue the current plan (minus rejections), auto-approving per policy.
+
+        With ``scope``, ``actions`` plan only those paths: entries of other paths stay.
+        """
         fresh: dict[str, Entry] = {}
+        if scope is not None:
+            fresh = {k: e for k, e in self.entries.items() if e.action.path not in scope}
         plan_ids = set()
         for a in actions:
             plan_ids.add(a.id)
@@ -249,7 +265,9 @@ class ApprovalQueue:
             if old.state is EntryState.RUNNING and key not in fresh:
                 fresh[key] = old
         self.entries = fresh
-        self.rejected &= plan_ids
+        if scope is None:
+            # A rejection lasts while its facts do; only a whole plan tells which still do.
+            self.rejected &= plan_ids
         self.save()
 
     def pending(self) -> list[Entry]:

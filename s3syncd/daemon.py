@@ -52,6 +52,11 @@ log = logging.getLogger(__name__)
 MAX_ERRORS = 50
 MAX_RESULTS = 500
 LOG_LINES = 2000
+# Seconds between rewrites of the legacy versionsLocal.csv / deletedLocal.csv when behind.
+TABLES_INTERVAL = 5.0
+# Methods served before the first poll, scan and plan are done; others wait up to this.
+ANSWERED_WHILE_STARTING = frozenset({"status", "log", "pause", "resume"})
+STARTUP_WAIT = 120.0
 
 
 def _iso(ts: float | None) -> str | None:
@@ -122,6 +127,8 @@ class Daemon:
         self._watcher: Watcher | None = None
         self._scheduler: Any = None
         self.reset_requested = False
+        # Set once the first poll, scan and plan are done (or failed).
+        self.ready = threading.Event()
 
     # --- lifecycle ----------------------------------------------------------------------
     def _socket_path(self) -> Path:
@@ -143,15 +150,18 @@ class Daemon:
         self._lock_fh = fh
 
     def start(self) -> None:
-        """Load state, watch, scan, poll, plan; then serve. Nothing changed meanwhile is
-        missed: the watches are in place before the scan, and their events wait for the
-        worker."""
+        """Load state, watch, serve; then poll, scan and plan as the worker's first task.
+
+        The socket answers ``status`` within a moment of start even on a large folder;
+        requests that need the plan (``pending``, ``approve``…) wait for that first task.
+        Nothing changed meanwhile is missed: the watches are in place before the scan,
+        and their events wait behind it in the worker's queue.
+        """
         self._take_folder_lock()
         eng = self.engine
+        eng.coalesce_tables = True
         eng.prepare()
         self.queue.load()
-        eng.refresh_remote(listing=True, force=True)
-        self.last_poll, self.last_poll_result = self.clock(), "changed"
 
         ignores = self.engine.state.ignores.relative_to(self.cfg.datafolder).as_posix()
 
@@ -174,7 +184,7 @@ class Daemon:
             include=(ignores,),
         )
         self._watcher.start()
-        self._rescan()
+        self.submit("start-up", self._first_pass)
 
         worker = threading.Thread(target=self._work, name="s3syncd-worker", daemon=True)
         worker.start()
@@ -188,8 +198,6 @@ class Daemon:
         )
         self._server.start()
         self._start_scheduler()
-        # Anything approved before a restart runs now.
-        self.submit("execute", lambda: None)
         log.info(
             "s3syncd serving %s on %s (socket %s)",
             self.cfg.datafolder,
@@ -220,6 +228,13 @@ class Daemon:
             seconds=d.audit_interval,
             id="audit",
         )
+        # versionsLocal.csv / deletedLocal.csv are rewritten at most this often (O(files)).
+        sched.add_job(
+            lambda: self._job("tables", self._flush_tables),
+            "interval",
+            seconds=TABLES_INTERVAL,
+            id="tables",
+        )
 
         sched.start()
         self._scheduler = sched
@@ -245,6 +260,12 @@ class Daemon:
                     if e.state is EntryState.RUNNING:
                         self.queue.entries[key] = replace(e, state=EntryState.APPROVED)
                 self.queue.save()
+        if not self.reset_requested:
+            try:
+                self.engine.flush_tables()
+            except SyncError as exc:
+                log.error("could not write the legacy tables at shutdown: %s", exc)
+        self.engine.state.close()
         self.engine.remote.close()
         if self._lock_fh is not None:
             self._lock_fh.close()
@@ -296,21 +317,51 @@ class Daemon:
             self.errors.append({"time": _iso(self.clock()), "message": message})
 
     def _replan(self) -> None:
+        """Plan the paths touched since the last plan (all of them after a full pass)."""
         eng = self.engine
-        plan = eng.plan()
-        eng.apply_agreement(plan)
-        total = max(len(eng.base), len(eng.index))
-        now = self.clock()
-        with self.lock:
-            brake = self.queue.brake_for(plan.actions, now, total, self.cfg.policy)
-            self.brake = brake
-            self.queue.update(plan.actions, now, self.cfg.policy, brake)
+        scope = eng.take_dirty()
+        if scope is not None and not scope:
+            return
+        try:
+            plan = eng.plan(scope)
+            eng.apply_agreement(plan)
+            total = max(len(eng.base), len(eng.index))
+            now = self.clock()
+            with self.lock:
+                # The brake counts what the whole queue would delete, not only this plan's.
+                counted = [*plan.actions, *self.queue.outside(scope)]
+                brake = self.queue.brake_for(counted, now, total, self.cfg.policy)
+                self.brake = brake
+                self.queue.update(plan.actions, now, self.cfg.policy, brake, scope)
+        except BaseException:
+            eng.give_back_dirty(scope)
+            raise
         if brake.engaged:
             log.warning("%s", brake.describe())
 
     def _local_changed(self, paths: set[str]) -> None:
         if self.engine.update_local(paths):
             self._replan()
+
+    def _flush_tables(self) -> None:
+        self.engine.flush_tables()
+
+    def _first_pass(self) -> None:
+        """Poll with a full listing, scan, plan; anything approved before a restart then
+        runs (the worker executes after every task)."""
+        try:
+            try:
+                self.engine.refresh_remote(listing=True, force=True)
+                with self.lock:
+                    self.last_poll, self.last_poll_result = self.clock(), "changed"
+            except SyncError as exc:
+                with self.lock:
+                    self.last_poll = self.clock()
+                    self.last_poll_result = f"error: {exc.message}"
+                self._error(f"start-up poll: {exc.message}")
+            self._rescan()  # without a manifest it scans, and the plan waits for a poll
+        finally:
+            self.ready.set()
 
     def _ignores_changed(self) -> None:
         self.engine.reload_ignores()
@@ -402,6 +453,9 @@ class Daemon:
         fn = getattr(self, f"rpc_{method}", None)
         if fn is None:
             raise ProtocolError(f"unknown method {method!r}")
+        if method not in ANSWERED_WHILE_STARTING:
+            # The queue means nothing before the first plan; wait for it (bounded).
+            self.ready.wait(STARTUP_WAIT)
         return fn(params)
 
     def rpc_status(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -452,6 +506,7 @@ class Daemon:
                     "bytes_total": self.progress.bytes_total,
                 },
                 "remote_requests": eng.remote.request_count(),
+                "ready": self.ready.is_set(),
                 "actions": actions,
             }
 

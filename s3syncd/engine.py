@@ -3,6 +3,12 @@
 The engine holds the current picture (base, local table, last manifest, last listing)
 and is safe to call from several threads: every mutation happens under ``self.lock``;
 transfers run in a thread pool outside it.
+
+Work is O(change) where it can be: a watcher batch re-examines only its paths and writes
+only their rows to the store; a changed manifest is diffed against the previous one and
+only the changed paths are looked at on the remote (one HEAD each); the paths touched
+since the last plan are collected (:meth:`Engine.take_dirty`) so the daemon re-plans only
+them. Start-up, the periodic rescan and the LIST audit stay full passes.
 """
 
 from __future__ import annotations
@@ -11,16 +17,18 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from s3syncd import executor, localfs, manifest, tables
 from s3syncd.atomicfile import write_atomic
 from s3syncd.config import Config
 from s3syncd.errors import SyncError, UnsafePathError
 from s3syncd.executor import Outcome
+from s3syncd.manifest import changed_paths
 from s3syncd.model import (
     Action,
     ActionKind,
@@ -40,6 +48,11 @@ from s3syncd.state import RowChange, StateDir
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+_V = TypeVar("_V")
+
+# A manifest change touching more paths than this is followed by a full LIST instead of
+# one HEAD per path (a LIST page covers 1,000 objects).
+INCREMENTAL_LIMIT = 200
 
 
 @dataclass(slots=True)
@@ -86,6 +99,15 @@ class Engine:
         self.conditional_writes = True
         self.ignore = tables.IgnoreRules()
         self._ignore_seen: tuple[int, int, int, int] | None = None
+        # Paths whose facts changed since the last plan; None: all of them (full plan).
+        self._dirty: set[str] | None = None
+        # Files indexed below each folder, so a watcher event on a path that never was a
+        # folder costs no walk of the table (see localfs.rescan_delta).
+        self._dir_files: dict[str, int] = {}
+        # The daemon writes versionsLocal.csv / deletedLocal.csv at most every few seconds
+        # (flush_tables); a one-shot pass writes them as it goes.
+        self.coalesce_tables = False
+        self._tables_dirty = False
         self.reload_ignores()
 
     # --- start-up -----------------------------------------------------------------------
@@ -98,9 +120,10 @@ class Engine:
         self.state.ensure()
         self.state.clean_tmp()
         with self.lock:
-            self.base = self.state.load_base()
-            self.base_etags = self.state.load_base_etags()
+            self.base, self.base_etags = self.state.store.load_base()
             self.index = self.state.load_index()
+            self._dir_files = _count_dirs(self.index)
+            self._dirty = None
         self.reload_ignores()
         self.remote.check()
         self.conditional_writes = self.remote.supports_conditional_writes()
@@ -123,20 +146,9 @@ class Engine:
         pending = self.state.load_journal()
         if pending:
             log.info("committing %d manifest change(s) left by an interrupted run", len(pending))
-            dropped = self._commit(pending)
-            # Committed, they are what both sides hold: the base, as after a whole batch.
-            # A change refused because a colleague's row is newer is re-planned instead.
-            with self.lock:
-                for c in pending:
-                    if c.path in dropped:
-                        continue
-                    # The ETag the journalled write got is not recorded: unknown.
-                    self.base_etags.pop(c.path, None)
-                    if c.row is None:
-                        self.base.pop(c.path, None)
-                    else:
-                        self.base[c.path] = c.row.checksum
-                self.state.save_base(self.base, self.base_etags)
+            # Committed, they are what both sides hold: the base (see _commit). A change
+            # refused because a colleague's row is newer is re-planned instead.
+            self._commit(pending)
 
     def _adopt_legacy_base(self) -> None:
         # The original's versionsLocal.csv is a snapshot taken when its last sync ended:
@@ -183,10 +195,17 @@ class Engine:
             index = dict(self.index)
         result = localfs.scan(self.cfg.datafolder, index, self._ignored)
         with self.lock:
+            delta: dict[str, LocalFile | None] = {
+                p: f for p, f in result.files.items() if index.get(p) != f
+            }
+            delta.update((p, None) for p in index if p not in result.files)
+            self.state.update_index(delta)
             self.index = result.files
+            self._dir_files = _count_dirs(self.index)
             _log_new_skips(self.skipped, result.skipped)
             self.skipped = result.skipped
-            self._save_local_tables()
+            self._dirty = None  # a full rescan is followed by a full plan
+            self._tables_changed()
         log.info(
             "scanned %d local files (%d hashed, %d skipped)",
             len(result.files),
@@ -195,29 +214,125 @@ class Engine:
         )
         return result
 
-    def update_local(self, paths: Iterable[str]) -> bool:
-        """Re-examine the given paths (from the watcher); True if the local table changed."""
-        self.reload_ignores()
-        with self.lock:
-            before = dict(self.index)
+    def update_local(self, paths: Iterable[str]) -> set[str]:
+        """Re-examine the given paths (from the watcher), O(paths): the paths whose local
+        facts changed (files and skip reasons), empty if none did."""
+        if self.reload_ignores():
+            return self._rescan_after_ignores()
         wanted = set(paths)
-        after, skipped = localfs.rescan_paths(self.cfg.datafolder, wanted, before, self._ignored)
+        # Only this (worker) thread changes the index, so it is read without a copy.
+        delta, skipped = localfs.rescan_delta(
+            self.cfg.datafolder, wanted, self.index, self._ignored, self._indexed_below
+        )
         with self.lock:
-            changed = after != self.index
-            self.index = after
+            changed = set(delta)
+            self._apply_index(delta)
             _log_new_skips(self.skipped, skipped)
             # Re-examined paths are judged afresh: forget why they were skipped before.
-            for p in [s for s in self.skipped if _under_any(s, wanted)]:
-                changed = True
-                del self.skipped[p]
-            changed = changed or bool(skipped)
+            if self.skipped:
+                for p in [s for s in self.skipped if _under_any(s, wanted)]:
+                    changed.add(p)
+                    del self.skipped[p]
+            changed |= set(skipped)
             self.skipped.update(skipped)
             if changed:
-                self._save_local_tables()
+                self._mark(changed)
+                self._tables_changed()
         return changed
 
-    def _save_local_tables(self) -> None:
-        self.state.save_index(self.index)
+    def _rescan_after_ignores(self) -> set[str]:
+        # A file taken off the ignore list is only found by a walk; cached MD5s are reused.
+        result = self.scan_local()
+        return set(result.files) | set(result.skipped) | {""}
+
+    def _indexed_below(self, folder: str) -> list[str]:
+        if not self._dir_files.get(folder):
+            return []
+        prefix = folder + "/"
+        return [p for p in self.index if p.startswith(prefix)]
+
+    def _apply_index(self, delta: Mapping[str, LocalFile | None], persist: bool = True) -> None:
+        """Apply (and persist) index changes (under ``self.lock``)."""
+        if not delta:
+            return
+        for path, lf in delta.items():
+            had = path in self.index
+            if lf is None:
+                self.index.pop(path, None)
+                if had:
+                    _count_parents(self._dir_files, path, -1)
+            else:
+                self.index[path] = lf
+                if not had:
+                    _count_parents(self._dir_files, path, 1)
+        if persist:
+            self.state.update_index(delta)
+
+    def _set_base(
+        self,
+        changes: Mapping[str, str | None],
+        etags: Mapping[str, str | None],
+        commit: bool = False,
+    ) -> None:
+        """Apply and persist base changes (under ``self.lock``): md5 or None to forget; the
+        ETag of the agreed object where known (a path missing from ``etags``: unknown).
+        ``commit``: the journal's changes are committed; empty it in the same transaction."""
+        if not changes and not commit:
+            return
+        stored: dict[str, tuple[str, str | None] | None] = {}
+        for path, md5 in changes.items():
+            etag = etags.get(path)
+            if md5 is None:
+                self.base.pop(path, None)
+                self.base_etags.pop(path, None)
+                stored[path] = None
+                continue
+            self.base[path] = md5
+            # An ETag that is the MD5 says nothing the MD5 does not: not kept (memory).
+            if etag and etag != md5:
+                self.base_etags[path] = etag
+            else:
+                self.base_etags.pop(path, None)
+                etag = None
+            stored[path] = (md5, etag)
+        if commit:
+            self.state.commit_done(stored)
+        else:
+            self.state.update_base(stored)
+
+    def _mark(self, paths: Iterable[str]) -> None:
+        if self._dirty is not None:
+            self._dirty.update(paths)
+
+    def take_dirty(self) -> set[str] | None:
+        """The paths to re-plan since the last call (None: all), and start afresh."""
+        with self.lock:
+            dirty, self._dirty = self._dirty, set()
+        return dirty
+
+    def give_back_dirty(self, paths: set[str] | None) -> None:
+        """A plan of ``paths`` failed: they stay to be planned."""
+        with self.lock:
+            if paths is None or self._dirty is None:
+                self._dirty = None
+            else:
+                self._dirty |= paths
+
+    def _tables_changed(self) -> None:
+        self._tables_dirty = True
+        if not self.coalesce_tables:
+            self.flush_tables()
+
+    def flush_tables(self) -> bool:
+        """Write ``versionsLocal.csv`` and ``deletedLocal.csv`` if they are behind."""
+        with self.lock:
+            if not self._tables_dirty:
+                return False
+            self._write_local_tables()
+            self._tables_dirty = False
+        return True
+
+    def _write_local_tables(self) -> None:
         rows = [
             Row(f.path, self.user, localfs.time_edited(f.mtime_ns / 1e9), f.md5)
             for f in self.index.values()
@@ -233,24 +348,68 @@ class Engine:
 
     # --- remote side --------------------------------------------------------------------
     def refresh_remote(self, listing: bool = True, force: bool = False) -> bool:
-        """Conditional GET of the manifest; True if it changed (then re-list the objects).
+        """Conditional GET of the manifest; True if it changed.
 
-        A listing is only trusted when at least as fresh as the manifest, so whenever the
-        manifest changes we list again (or forget the old listing).
+        A listing is only trusted when at least as fresh as the manifest. When the manifest
+        changed, only the paths whose rows changed are looked at again (one HEAD each);
+        ``force`` (start-up, the audit), a first read or a change of many paths re-lists.
         """
         with self.lock:
-            etag = None if force or self.manifest is None else self.manifest.etag
+            previous = self.manifest
+            etag = None if force or previous is None else previous.etag
+            have_listing = self.objects is not None
         fresh = manifest.read_manifest(self.remote, etag)
         if fresh is None:
-            if listing and (force or self.objects is None):
+            if listing and (force or not have_listing):
                 self._relist()
             return False
+        # A manifest that vanished (a reset, a share that went away) is never taken path by
+        # path for "all deleted": only a full listing can tell what is really there.
+        if listing and not force and have_listing and previous is not None and fresh.etag:
+            changed = changed_paths(previous, fresh)
+            if len(changed) <= INCREMENTAL_LIMIT:
+                found = self._look_up(changed)
+                with self.lock:
+                    self._adopt_objects(found)
+                    self._mark(changed)
+                self._store(fresh)
+                log.debug("manifest changed: %d path(s) looked at", len(changed))
+                return True
         with self.lock:
             self.objects = None
+            self._dirty = None
         self._store(fresh)
         if listing:
             self._relist()
         return True
+
+    def _look_up(self, paths: Iterable[str]) -> dict[str, RemoteObject | None]:
+        """One HEAD per path: the object as it is now (None: absent)."""
+        with self.lock:
+            base = dict((p, self.base[p]) for p in paths if p in self.base)
+            base_etags = {p: self.base_etags[p] for p in base if p in self.base_etags}
+        found: dict[str, RemoteObject | None] = {}
+        for path in sorted(paths):
+            if not _safe(path):
+                continue
+            obj = self.remote.stat(path)
+            if obj is not None and obj.md5 is None and self._shared(path):
+                b, e = base.get(path), base_etags.get(path)
+                if b is not None and e == obj.etag:
+                    obj = replace(obj, md5=b)
+                elif b is not None and e is not None:
+                    obj = replace(obj, md5=UNKNOWN_MD5)  # changed, content unknown
+            found[path] = obj
+        return found
+
+    def _adopt_objects(self, found: Mapping[str, RemoteObject | None]) -> None:
+        if self.objects is None:
+            return
+        for path, obj in found.items():
+            if obj is None:
+                self.objects.pop(path, None)
+            else:
+                self.objects[path] = obj
 
     def _relist(self) -> None:
         objects = self.remote.list()
@@ -268,6 +427,7 @@ class Engine:
             result[key] = obj
         with self.lock:
             self.objects = result
+            self._dirty = None
 
     def _learn_md5(
         self,
@@ -296,8 +456,10 @@ class Engine:
         return stat
 
     # --- planning -----------------------------------------------------------------------
-    def plan(self) -> Plan:
-        self.reload_ignores()
+    def plan(self, paths: Collection[str] | None = None) -> Plan:
+        """Plan every path, or only ``paths`` (those touched since the last plan)."""
+        if self.reload_ignores():
+            paths = None  # what the rules cover changed: judge everything again
         with self.lock:
             if self.manifest is None:
                 raise SyncError("the remote manifest has not been read yet")
@@ -311,17 +473,16 @@ class Engine:
                     return False
                 return self._shared(path) and not (skipped and _under_any(path, skipped))
 
+            objects = self.objects
             view = RemoteView(
-                rows={p: r for p, r in self.manifest.rows.items() if keep(p)},
-                tombstones={p: r for p, r in self.manifest.tombstones.items() if keep(p)},
-                objects=None
-                if self.objects is None
-                else {p: o for p, o in self.objects.items() if keep(p)},
+                rows=_pick(self.manifest.rows, keep, paths),
+                tombstones=_pick(self.manifest.tombstones, keep, paths),
+                objects=None if objects is None else _pick(objects, keep, paths),
                 etag=self.manifest.etag,
             )
-            base = {p: m for p, m in self.base.items() if keep(p)}
+            base = _pick(self.base, keep, paths)
             # The index may predate an ignore-list edit: filter it like every other side.
-            local = {p: f for p, f in self.index.items() if keep(p)}
+            local = _pick(self.index, keep, paths)
         return reconcile(base, local, view, self.user)
 
     def agree_landed(self, downloads: Iterable[Action]) -> None:
@@ -341,10 +502,8 @@ class Engine:
             }
             if landed:
                 log.info("%d download(s) had landed before an interruption", len(landed))
-                self.base.update(landed)
-                for path in landed:
-                    self.base_etags.pop(path, None)  # unknown: the next listing HEADs it
-                self.state.save_base(self.base, self.base_etags)
+                self._set_base(landed, etags={})  # ETags unknown: the next listing HEADs them
+                self._mark(landed)
 
     def _shared(self, path: str) -> bool:
         return not is_legacy_excluded(path) and not self.ignore.matches(path)
@@ -352,24 +511,17 @@ class Engine:
     def apply_agreement(self, plan: Plan) -> None:
         """Record what both sides already agree on (no transfer needed)."""
         with self.lock:
-            changed = False
+            changes: dict[str, str | None] = {}
+            etags: dict[str, str | None] = {}
             for path, md5 in plan.agreed.items():
                 etag = self._agreed_etag(path, md5)
-                if self.base.get(path) != md5:
-                    self.base[path] = md5
-                    changed = True
-                if etag != self.base_etags.get(path):
-                    changed = True
-                    if etag is None:
-                        del self.base_etags[path]
-                    else:
-                        self.base_etags[path] = etag
+                etag = None if etag == md5 else etag
+                if self.base.get(path) != md5 or etag != self.base_etags.get(path):
+                    changes[path], etags[path] = md5, etag
             for path in plan.forget:
-                self.base_etags.pop(path, None)
-                if self.base.pop(path, None) is not None:
-                    changed = True
-            if changed:
-                self.state.save_base(self.base, self.base_etags)
+                if path in self.base:
+                    changes[path] = None
+            self._set_base(changes, etags)
 
     def _agreed_etag(self, path: str, md5: str) -> str | None:
         """The ETag to remember with ``md5`` as the agreed version of ``path``."""
@@ -466,7 +618,17 @@ class Engine:
                 if on_outcome:
                     on_outcome(out)
         with self.lock:
-            self.state.save_index(self.index)
+            # Our own writes, persisted once per batch (a crash before this only costs a
+            # rehash of the files we wrote); and every path acted on is re-planned.
+            self.state.update_index({p: lf for o in report.outcomes for p, lf in o.local.items()})
+            self._mark(o.action.path for o in report.outcomes)
+        recheck = {o.action.path for o in report.outcomes if o.recheck}
+        if recheck:
+            # Polls look only at paths whose rows changed; an object replaced under its row
+            # (an upload whose commit never landed) is seen by a HEAD here, not at the audit.
+            found = self._look_up(recheck)
+            with self.lock:
+                self._adopt_objects(found)
         # Each change names the row it was made over, so that if it has to wait in the
         # journal it is never replayed over a colleague's newer row.
         changes = [_guard(c, known) for o in report.done for c in o.changes]
@@ -505,13 +667,7 @@ class Engine:
                 self.state.append_journal([_guard(c, known) for c in out.changes])
         elif out.ok and out.base:
             with self.lock:
-                for path, md5 in out.base.items():
-                    self.base_etags.pop(path, None)  # set by _absorb_base at the batch's end
-                    if md5 is None:
-                        self.base.pop(path, None)
-                    else:
-                        self.base[path] = md5
-                self.state.append_base(out.base)
+                self._set_base(out.base, etags={})  # ETags: set by _absorb_base at the end
         return out
 
     def _absorb_local(self, out: Outcome) -> None:
@@ -520,33 +676,26 @@ class Engine:
         if not out.local:
             return
         with self.lock:
-            for path, lf in out.local.items():
-                if lf is None:
-                    self.index.pop(path, None)
-                else:
-                    self.index[path] = lf
+            self._apply_index(out.local, persist=False)
 
     def _absorb_base(self, done: Sequence[Outcome], listed: Mapping[str, RemoteObject]) -> None:
         with self.lock:
+            changes: dict[str, str | None] = {}
+            etags: dict[str, str | None] = {}
             for out in done:
                 for path, md5 in out.base.items():
+                    changes[path] = md5
                     if md5 is None:
-                        self.base.pop(path, None)
-                        self.base_etags.pop(path, None)
                         continue
-                    self.base[path] = md5
                     # Uploads know their ETag. Otherwise the listing's, if it was already
                     # known to hold this very content (a download, a restored row).
                     etag = out.etags.get(path)
                     seen = listed.get(path)
                     if not etag and seen is not None and seen.md5 == md5:
                         etag = seen.etag
-                    if etag:
-                        self.base_etags[path] = etag
-                    else:
-                        self.base_etags.pop(path, None)
-            self.state.save_base(self.base, self.base_etags)
-            self._save_local_tables()
+                    etags[path] = etag or None
+            self._set_base(changes, etags)
+            self._tables_changed()
 
     def _commit(self, changes: list[RowChange]) -> set[str]:
         """Commit ``changes`` and clear the journal; returns the paths of guarded changes
@@ -556,10 +705,20 @@ class Engine:
         written = manifest.commit(
             self.remote, changes, previous, verify=not self.conditional_writes
         )
-        self.state.save_journal([])
         if written is None:
+            self.state.save_journal([])
             return set()
         dropped = {c.path for c in changes if _checksum(written.rows, c.path) != c.checksum}
+        with self.lock:
+            # The rows are on the remote, so both sides hold them: the base, written in the
+            # transaction that empties the journal (a kill -9 in between would otherwise
+            # forget an upload, and its next edit would look like a conflict). ETags are
+            # learnt by the caller where the transfer told them.
+            self._set_base(
+                {c.path: c.checksum for c in changes if c.path not in dropped},
+                etags={},
+                commit=True,
+            )
         lost = set(tables.legacy_unsafe_paths(written.rows.values())) & {c.path for c in changes}
         for path in sorted(lost):
             # We cannot rename the user's file; say so once per commit that adds it.
@@ -580,19 +739,43 @@ class Engine:
                         self.objects[c.path] = RemoteObject(c.path, -1, "", c.row.checksum)
         self._store(written)
         ours = {c.path for c in changes}
-        merged = previous is None or _others(previous.rows, ours) != _others(written.rows, ours)
+        with self.lock:
+            self._mark(ours)
+        merged = previous is None or bool(changed_paths(previous, written) - ours)
         if merged or dropped:
             # The commit merged rows of other users: our listing (and tombstones) predate
             # them, and planning on that mix would undo their work. Look again.
             log.info("the manifest held other users' changes; refreshing the remote view")
             try:
-                self.refresh_remote(listing=True, force=True)
+                self._refresh_after_merge(previous, ours - dropped)
             except SyncError as exc:
                 # The commit itself succeeded; without a fresh listing, plan without one.
                 log.warning("could not refresh the remote view after a commit: %s", exc)
                 with self.lock:
                     self.objects = None
+                    self._dirty = None
         return dropped
+
+    def _refresh_after_merge(self, previous: manifest.Manifest | None, ours: set[str]) -> None:
+        """Re-read both tables and look at the paths others changed (a LIST only when we had
+        no listing or they changed many)."""
+        with self.lock:
+            have_listing = self.objects is not None
+        fresh = manifest.read_manifest(self.remote)
+        assert fresh is not None  # an unconditional read
+        look = changed_paths(previous, fresh) - ours if previous is not None else None
+        if look is None or not have_listing or len(look) > INCREMENTAL_LIMIT:
+            with self.lock:
+                self.objects = None
+                self._dirty = None
+            self._store(fresh)
+            self._relist()
+            return
+        found = self._look_up(look)
+        with self.lock:
+            self._adopt_objects(found)
+            self._mark(look)
+        self._store(fresh)
 
     def _store(self, fresh: manifest.Manifest) -> None:
         """Adopt a manifest just read or written, and keep the legacy local copies."""
@@ -620,6 +803,15 @@ class Engine:
             }
 
 
+def _pick(
+    table: Mapping[str, _V], keep: Callable[[str], bool], paths: Collection[str] | None
+) -> dict[str, _V]:
+    """The entries of ``table`` to plan: all kept ones, or only those among ``paths``."""
+    if paths is None:
+        return {p: v for p, v in table.items() if keep(p)}
+    return {p: table[p] for p in paths if p in table and keep(p)}
+
+
 def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
     """What tells a rewrite of a small file apart (inode for an editor's rename-over)."""
     try:
@@ -637,10 +829,6 @@ def _checksum(rows: Mapping[str, Row], path: str) -> str | None:
 def _guard(change: RowChange, known: Mapping[str, Row]) -> RowChange:
     row = known.get(change.path)
     return replace(change, replaces=row.checksum if row else None, guarded=True)
-
-
-def _others(rows: Mapping[str, Row], ours: set[str]) -> dict[str, Row]:
-    return {p: r for p, r in rows.items() if p not in ours}
 
 
 def _log_new_skips(known: Mapping[str, str], found: Mapping[str, str]) -> None:
@@ -661,3 +849,23 @@ def _safe(path: str) -> bool:
     except UnsafePathError:
         return False
     return True
+
+
+def _count_parents(counts: dict[str, int], path: str, step: int) -> None:
+    """Add ``step`` to the file count of every folder above ``path``."""
+    end = path.rfind("/")
+    while end > 0:
+        folder = path[:end]
+        n = counts.get(folder, 0) + step
+        if n > 0:
+            counts[folder] = n
+        else:
+            counts.pop(folder, None)
+        end = path.rfind("/", 0, end)
+
+
+def _count_dirs(index: Mapping[str, LocalFile]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for path in index:
+        _count_parents(counts, path, 1)
+    return counts

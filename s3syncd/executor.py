@@ -49,6 +49,9 @@ class Outcome:
     stale: bool = False
     # ETag of the object holding the ``base`` MD5, where the write told us (uploads).
     etags: Mapping[str, str] = field(default_factory=dict)
+    # The remote object is not what the plan said (e.g. replaced under an unchanged row):
+    # the engine looks at it again before the next plan.
+    recheck: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,9 @@ def run(ctx: Context, action: Action, resolution: Resolution | None = None) -> O
     except StaleActionError as exc:
         log.info("action %s %s %s: stale: %s", action.id, action.kind.value, action.path, exc)
         return Outcome(action, False, exc.message, local=_reexamine(ctx, action), stale=True)
+    except ChecksumMismatchError as exc:
+        log.error("action %s %s %s failed: %s", action.id, action.kind.value, action.path, exc)
+        return Outcome(action, False, exc.message, recheck=True)
     except SyncError as exc:
         log.error("action %s %s %s failed: %s", action.id, action.kind.value, action.path, exc)
         return Outcome(action, False, exc.message)

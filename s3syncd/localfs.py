@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -131,7 +132,8 @@ def examine(
         return None, f"cannot read: {exc.strerror}"
     if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
         return None, "changing while being read; will retry"
-    return LocalFile(rel, st.st_size, st.st_mtime_ns, digest), None
+    # Interned: shared with the base, the manifest and the listing (memory per file).
+    return LocalFile(sys.intern(rel), st.st_size, st.st_mtime_ns, sys.intern(digest)), None
 
 
 def _special_kind(mode: int) -> str:
@@ -172,9 +174,42 @@ def rescan_paths(
     files: Mapping[str, LocalFile],
     ignored: IgnoreFn,
 ) -> tuple[dict[str, LocalFile], dict[str, str]]:
-    """Re-examine ``paths`` (files or folders, relative) and return the updated table."""
+    """Re-examine ``paths`` and return the whole updated table (see :func:`rescan_delta`)."""
+    delta, skipped = rescan_delta(
+        root, paths, files, ignored, lambda rel: [p for p in files if p.startswith(rel + "/")]
+    )
     out = dict(files)
+    for path, found in delta.items():
+        if found is None:
+            out.pop(path, None)
+        else:
+            out[path] = found
+    return out, skipped
+
+
+def rescan_delta(
+    root: Path,
+    paths: Iterable[str],
+    files: Mapping[str, LocalFile],
+    ignored: IgnoreFn,
+    below: Callable[[str], Iterable[str]],
+) -> tuple[dict[str, LocalFile | None], dict[str, str]]:
+    """Re-examine ``paths`` (files or folders, relative): only the entries that changed
+    (None: gone) and the paths skipped, in O(paths) — not a copy of the whole table.
+
+    ``below(rel)`` lists the indexed paths under folder ``rel``; the caller answers it
+    without a walk of the table when ``rel`` holds nothing (the common case).
+    """
+    delta: dict[str, LocalFile | None] = {}
     skipped: dict[str, str] = {}
+
+    def current(p: str) -> LocalFile | None:
+        return delta[p] if p in delta else files.get(p)
+
+    def under(rel: str) -> list[str]:
+        prefix = rel + "/"
+        return [*below(rel), *(p for p in delta if p.startswith(prefix) and p not in files)]
+
     for rel in paths:
         if rel == STATE_DIR or rel.startswith(STATE_DIR + "/"):
             continue
@@ -183,32 +218,41 @@ def rescan_paths(
             # Walk from the data folder's root, so every rule sees the whole relative path
             # (e.g. 'run.S3/x.csv' is legacy-excluded exactly as in a full scan). A file
             # that became this folder is gone too.
-            out.pop(rel, None)
-            for p in [p for p in out if p.startswith(rel + "/")]:
-                out.pop(p)
+            if current(rel) is not None:
+                delta[rel] = None
+            seen = set()
             for child, _entry in _walk(root, rel, os.scandir, skipped):
                 found, why = examine(root, child, files, ignored)
                 if found is not None:
-                    out[child] = found
+                    seen.add(child)
+                    if current(child) != found:
+                        delta[child] = found
                 elif why and why != "ignored":
                     skipped[child] = why
+            for p in under(rel):
+                if p not in seen and current(p) is not None:
+                    delta[p] = None
             continue
-        found, why = examine(root, rel, out, ignored)
+        cached = current(rel)
+        found, why = examine(root, rel, {rel: cached} if cached else {}, ignored)
         if found is None:
-            out.pop(rel, None)
+            if current(rel) is not None:
+                delta[rel] = None
             # A vanished folder: drop everything below it.
-            for p in [p for p in out if p.startswith(rel + "/")]:
-                if not (root / p).exists():
-                    out.pop(p)
+            for p in under(rel):
+                if current(p) is not None and not (root / p).exists():
+                    delta[p] = None
             if why and why != "ignored":
                 skipped[rel] = why
         else:
-            out[rel] = found
+            if current(rel) != found:
+                delta[rel] = found
             # A folder that became this file: nothing below it exists any more.
-            for p in [p for p in out if p.startswith(rel + "/")]:
-                out.pop(p)
+            for p in under(rel):
+                if current(p) is not None:
+                    delta[p] = None
                 skipped.pop(p, None)
-    return out, skipped
+    return delta, skipped
 
 
 def refuse_symlinked_parents(root: Path, rel: str) -> None:

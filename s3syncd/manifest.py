@@ -48,6 +48,17 @@ class Manifest:
 EMPTY_TABLE = tables.render_rows([])
 
 
+def changed_paths(old: Manifest, new: Manifest) -> set[str]:
+    """Paths whose row or tombstone differs between two reads: what a poll must look at."""
+    changed: set[str] = set()
+    for before, after in ((old.rows, new.rows), (old.tombstones, new.tombstones)):
+        if before is after:
+            continue
+        changed.update(p for p, r in after.items() if before.get(p) != r)
+        changed.update(p for p in before if p not in after)
+    return changed
+
+
 def _parse(data: bytes, source: str) -> tuple[dict[str, Row], list[tuple[Row, str]]]:
     safe, unsafe = tables.split_unsafe(tables.parse_rows(data, source))
     return {r.path: r for r in safe}, unsafe

@@ -6,7 +6,6 @@ import enum
 import hashlib
 import posixpath
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +17,8 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 # The longest file or folder name (in UTF-8 bytes) that common filesystems take.
 MAX_NAME_BYTES = 255
 _DRIVE_RE = re.compile(r"[A-Za-z]:")
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 class ActionKind(enum.Enum):
@@ -169,9 +170,11 @@ def path_problem(path: str) -> str | None:
     """
     if not path:
         return "empty"
-    if any(unicodedata.category(c) == "Cc" for c in path):
+    # Regexes, not a per-character category lookup: this runs for every path of every
+    # listing, manifest and scan (Cc is exactly C0, DEL and C1; Cs the surrogates).
+    if _CONTROL_RE.search(path):
         return "control characters or line breaks"
-    if any(unicodedata.category(c) == "Cs" for c in path):
+    if _SURROGATE_RE.search(path):
         return "not valid UTF-8"
     if "\\" in path:
         return "backslash"
@@ -182,7 +185,7 @@ def path_problem(path: str) -> str | None:
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
         return "empty, '.' or '..' segment"
-    if any(len(p.encode()) > MAX_NAME_BYTES for p in parts):
+    if len(path) * 4 > MAX_NAME_BYTES and any(len(p.encode()) > MAX_NAME_BYTES for p in parts):
         return f"a name longer than {MAX_NAME_BYTES} bytes"
     if parts[0] == STATE_DIR or posixpath.normpath(path) != path:
         return f"inside {STATE_DIR}/ or not normal"

@@ -4,31 +4,17 @@ Legacy files (shared with the original package): ``versions.csv``, ``versionsLoc
 ``deletedS3.csv``, ``deletedLocal.csv``, ``ignores3.txt``, ``user_name.txt``, ``aws.txt``,
 ``tmp/``, ``logs/``.
 
-Files of our own (all JSON, written atomically, versioned with a ``"v"`` field):
+Files of our own:
 
-- ``sync-base.json``: the last version both sides agreed on, path -> MD5 (``files``), the
-  ETag the object had in that version where known (``etags``, path -> ETag: a listed ETag
-  that differs is the sign that the object changed, even under a stale row; files written
-  before ``etags`` existed are read as "no ETag known"), and a generation number ``gen``.
-- ``sync-base.log``: agreements reached since that snapshot (a verified download), one JSON
-  line each (``{"g": gen, "p": path, "m": md5 or null}``), appended as they happen so a
-  kill -9 in the middle of a batch keeps them; replayed over the snapshot of the same
-  generation, dropped when the next snapshot is written. A logged path's ETag is forgotten
-  (unknown costs one HEAD, never a wrong MD5).
-- ``sync-index.json``: the local hash cache, path -> [size, mtime_ns, md5], so a file is
-  rehashed only when its size or mtime changed.
-- ``sync-journal.json``: completed transfers whose manifest rows are not committed yet;
-  replayed at the next start so a crash between transfer and commit loses nothing. It
-  accumulates (newest change per path) until a commit succeeds. Each entry records in
-  ``"replaces"`` the checksum of the remote row it was made over (null: no row); a
-  change whose row a colleague has changed since is dropped and re-planned, not replayed.
-  Entries without ``"replaces"`` (older versions) are replayed unconditionally.
-- ``sync-journal.log``: the same, one JSON line per change (``RowChange.to_json``),
-  appended as each transfer completes so a kill -9 in the middle of a batch keeps it;
-  read after ``sync-journal.json`` (a later line wins for its path), dropped when the
-  journal is next saved.
+- ``sync-state.db`` (with its ``-wal``/``-shm``): SQLite, see :mod:`s3syncd.store` — the
+  base (last agreed MD5 and ETag per path), the local hash index, and the commit journal
+  (completed transfers whose manifest rows are not committed yet; each entry names in
+  ``"replaces"`` the checksum of the remote row it was made over, so a replay never lands
+  over a colleague's newer row). Every change is one transaction over the rows it touches.
+  Folders from before it (``sync-base.json``/``.log``, ``sync-index.json``,
+  ``sync-journal.json``/``.log``) are imported once, then those files are removed.
 - ``sync-queue.json``: the approval queue, rejected actions and the mass-delete window
-  (daemon; see ``approvals.DeleteWindow``).
+  (daemon; see ``approvals.DeleteWindow``); JSON, written atomically.
 - ``trash/``: local files removed by a sync, kept until the user deletes them.
 """
 
@@ -45,28 +31,23 @@ from typing import Any
 from s3syncd.atomicfile import write_atomic
 from s3syncd.errors import StateError
 from s3syncd.model import STATE_DIR, LocalFile, Row
+from s3syncd.store import DB_FILE, DB_FILES, BaseChange, StateStore
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 
+# Files of earlier versions, imported into the store once (see _import_legacy_json).
 BASE_FILE = "sync-base.json"
 BASE_LOG = "sync-base.log"
 INDEX_FILE = "sync-index.json"
 JOURNAL_FILE = "sync-journal.json"
 JOURNAL_LOG = "sync-journal.log"
+LEGACY_JSON = (BASE_FILE, BASE_LOG, INDEX_FILE, JOURNAL_FILE, JOURNAL_LOG)
 QUEUE_FILE = "sync-queue.json"
 # The legacy tables are sync state too (recomputed from the remote and the folder).
 LEGACY_TABLES = ("versions.csv", "versionsLocal.csv", "deletedS3.csv", "deletedLocal.csv")
-SYNC_STATE_FILES = (
-    *LEGACY_TABLES,
-    BASE_FILE,
-    BASE_LOG,
-    INDEX_FILE,
-    JOURNAL_FILE,
-    JOURNAL_LOG,
-    QUEUE_FILE,
-)
+SYNC_STATE_FILES = (*LEGACY_TABLES, *DB_FILES, *LEGACY_JSON, QUEUE_FILE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +98,7 @@ class StateDir:
     def __init__(self, datafolder: Path) -> None:
         self.datafolder = datafolder
         self.root = datafolder / STATE_DIR
-        self._base_gen = 0  # generation of the base snapshot; log lines of others are old
-        self._logged: set[str] = set()  # paths in the base log: their ETags are unknown
+        self._store: StateStore | None = None
 
     # legacy files
     @property
@@ -191,104 +171,120 @@ class StateDir:
         payload = {"v": STATE_VERSION, **data}
         write_atomic(self.file(name), json.dumps(payload, indent=1, sort_keys=True).encode())
 
+    # --- the store (base, index, journal) ---------------------------------------------
+    @property
+    def store(self) -> StateStore:
+        if self._store is None:
+            fresh = not self.file(DB_FILE).exists()
+            self._store = StateStore(self.file(DB_FILE))
+            if fresh:
+                self._import_legacy_json(self._store)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
     def load_base(self) -> dict[str, str]:
-        data = self.read_json(BASE_FILE)
-        base = {str(k): str(v) for k, v in data.get("files", {}).items()}
-        self._base_gen = int(data.get("gen", 0))
-        self._logged = set()
-        try:
-            lines = self.file(BASE_LOG).read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return base
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StateError(f"{self.file(BASE_LOG)} is unreadable ({exc})") from exc
-        for line in lines:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # the last line, torn by a crash while it was written
-            if not isinstance(rec, dict) or rec.get("g") != self._base_gen:
-                continue  # written before the snapshot we have: already in it
-            path, md5 = rec.get("p"), rec.get("m")
-            if isinstance(path, str):
-                self._logged.add(path)
-            if isinstance(path, str) and md5 is None:
-                base.pop(path, None)
-            elif isinstance(path, str) and isinstance(md5, str):
-                base[path] = md5
-        return base
+        return self.store.load_base()[0]
 
     def load_base_etags(self) -> dict[str, str]:
-        """The agreed ETags; call after :meth:`load_base`, whose log paths lose theirs."""
-        etags = {str(k): str(v) for k, v in self.read_json(BASE_FILE).get("etags", {}).items()}
-        for path in self._logged:
-            etags.pop(path, None)
-        return etags
+        return self.store.load_base()[1]
 
-    def save_base(self, base: Mapping[str, str], etags: Mapping[str, str]) -> None:
-        """Write the base; an ETag is kept only for a path the base holds."""
-        self._base_gen += 1
-        kept = {p: e for p, e in sorted(etags.items()) if p in base and e}
-        self.write_json(
-            BASE_FILE,
-            {"files": dict(sorted(base.items())), "etags": kept, "gen": self._base_gen},
-        )
-        self.file(BASE_LOG).unlink(missing_ok=True)
-        self._logged = set()
+    def save_base(self, base: Mapping[str, str], etags: Mapping[str, str] | None = None) -> None:
+        """Replace the whole base (first run, tests); an ETag is kept only for a base path."""
+        etags = etags or {}
+        self.store.replace_base(base, {p: e for p, e in etags.items() if p in base and e})
+
+    def update_base(self, changes: Mapping[str, BaseChange]) -> None:
+        """Change only these paths: (md5, etag or None), or None to forget the path."""
+        self.store.update_base(changes)
+
+    def commit_done(self, changes: Mapping[str, BaseChange]) -> None:
+        """Clear the journal and apply ``changes`` to the base, in one transaction."""
+        self.store.clear_journal_and_update_base(changes)
 
     def append_base(self, updates: Mapping[str, str | None]) -> None:
-        """Record agreements now, O(change), without rewriting the snapshot."""
-        lines = "".join(
-            json.dumps({"g": self._base_gen, "p": p, "m": m}) + "\n" for p, m in updates.items()
-        )
-        with self.file(BASE_LOG).open("a", encoding="utf-8") as fh:
-            fh.write(lines)  # one write: a kill -9 leaves whole lines or a torn last one
-        self._logged.update(updates)
+        """Record agreements now, O(change); their ETags are unknown until the batch ends."""
+        self.store.update_base({p: None if m is None else (m, None) for p, m in updates.items()})
 
     def load_index(self) -> dict[str, LocalFile]:
-        files = self.read_json(INDEX_FILE).get("files", {})
         return {
-            str(p): LocalFile(str(p), int(v[0]), int(v[1]), str(v[2])) for p, v in files.items()
+            p: LocalFile(p, size, mtime, md5) for p, size, mtime, md5 in self.store.load_index()
         }
 
     def save_index(self, index: Mapping[str, LocalFile]) -> None:
-        files = {p: [f.size, f.mtime_ns, f.md5] for p, f in sorted(index.items())}
-        self.write_json(INDEX_FILE, {"files": files})
+        self.store.replace_index((f.path, f.size, f.mtime_ns, f.md5) for f in index.values())
+
+    def update_index(self, changes: Mapping[str, LocalFile | None]) -> None:
+        self.store.update_index(
+            {p: None if f is None else (f.size, f.mtime_ns, f.md5) for p, f in changes.items()}
+        )
 
     def load_journal(self) -> list[RowChange]:
+        return [RowChange.from_json(c) for c in self.store.load_journal()]
+
+    def save_journal(self, changes: list[RowChange]) -> None:
+        self.store.replace_journal((c.path, c.to_json()) for c in changes)
+
+    def append_journal(self, changes: Sequence[RowChange]) -> None:
+        """Journal one transfer's changes now, O(change); a later change of a path wins."""
+        self.store.append_journal((c.path, c.to_json()) for c in changes)
+
+    def _import_legacy_json(self, store: StateStore) -> None:
+        """Take over the JSON state of an earlier version once, then remove it."""
+        present = [n for n in LEGACY_JSON if self.file(n).exists()]
+        if not present:
+            return
+        base, etags = self._legacy_base()
+        index = self.read_json(INDEX_FILE).get("files", {})
+        journal = self._legacy_journal()
+        if self.file(BASE_FILE).exists():
+            store.replace_base(base, etags)
+        store.replace_index((str(p), int(v[0]), int(v[1]), str(v[2])) for p, v in index.items())
+        store.replace_journal((c.path, c.to_json()) for c in journal)
+        for name in present:
+            self.file(name).unlink(missing_ok=True)
+        log.info("moved %s into %s", ", ".join(present), DB_FILE)
+
+    def _legacy_base(self) -> tuple[dict[str, str], dict[str, str]]:
+        data = self.read_json(BASE_FILE)
+        base = {str(k): str(v) for k, v in data.get("files", {}).items()}
+        etags = {str(k): str(v) for k, v in data.get("etags", {}).items()}
+        gen = int(data.get("gen", 0))
+        for rec in _json_lines(self.file(BASE_LOG)):
+            if not isinstance(rec, dict) or rec.get("g") != gen:
+                continue  # written before the snapshot we have: already in it
+            path, md5 = rec.get("p"), rec.get("m")
+            if not isinstance(path, str):
+                continue
+            etags.pop(path, None)
+            if md5 is None:
+                base.pop(path, None)
+            elif isinstance(md5, str):
+                base[path] = md5
+        return base, {p: e for p, e in etags.items() if p in base}
+
+    def _legacy_journal(self) -> list[RowChange]:
         changes = [RowChange.from_json(c) for c in self.read_json(JOURNAL_FILE).get("changes", [])]
-        try:
-            lines = self.file(JOURNAL_LOG).read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return changes
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StateError(f"{self.file(JOURNAL_LOG)} is unreadable ({exc})") from exc
         by_path = {c.path: c for c in changes}
-        for line in lines:
+        for rec in _json_lines(self.file(JOURNAL_LOG)):
             try:
-                change = RowChange.from_json(json.loads(line))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue  # the last line, torn by a crash while it was written
+                change = RowChange.from_json(rec)
+            except (KeyError, TypeError, AttributeError):
+                continue
             by_path.pop(change.path, None)  # a later change of a path replaces the earlier
             by_path[change.path] = change
         return list(by_path.values())
 
-    def save_journal(self, changes: list[RowChange]) -> None:
-        self.write_json(JOURNAL_FILE, {"changes": [c.to_json() for c in changes]})
-        self.file(JOURNAL_LOG).unlink(missing_ok=True)
-
-    def append_journal(self, changes: Sequence[RowChange]) -> None:
-        """Journal one transfer's changes now, O(change), without rewriting the journal."""
-        lines = "".join(json.dumps(c.to_json()) + "\n" for c in changes)
-        with self.file(JOURNAL_LOG).open("a", encoding="utf-8") as fh:
-            fh.write(lines)  # one write: a kill -9 leaves whole lines or a torn last one
-
     def has_base(self) -> bool:
-        return self.file(BASE_FILE).exists()
+        return self.store.get_meta("base_initialised") is not None
 
     def remove_sync_state(self) -> list[str]:
         """Delete every sync-state file (data, settings, logs and trash stay); returns them."""
         removed = []
+        self.close()
         for name in SYNC_STATE_FILES:
             path = self.file(name)
             if path.exists():
@@ -296,3 +292,20 @@ class StateDir:
                 removed.append(f"{STATE_DIR}/{name}")
         shutil.rmtree(self.tmp, ignore_errors=True)
         return removed
+
+
+def _json_lines(path: Path) -> list[Any]:
+    """The records of an append-only JSON-lines file; a line torn by a crash is skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateError(f"{path} is unreadable ({exc})") from exc
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out

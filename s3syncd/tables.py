@@ -18,6 +18,7 @@ import fnmatch
 import io
 import logging
 import re
+import sys
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +128,9 @@ def parse_rows(data: bytes, source: str) -> list[Row]:
         [_clean(v) if name == end else str(v) for v in frame[name].tolist()]
         for name in LEGACY_COLUMNS
     ]
-    rows = [Row(*values) for values in zip(*columns, strict=True)]
+    # Interned: a manifest of 100,000 rows repeats few users and times, and its paths and
+    # checksums are the same strings as the index's and the base's (memory per file).
+    rows = [Row(*map(sys.intern, values)) for values in zip(*columns, strict=True)]
     # pandas pads a short row with empty strings, so an empty last cell may be a ragged
     # row; only then is the text re-scanned (with csv) to tell which, and where.
     suspects = [i for i, r in enumerate(rows) if not r.path or not r.checksum or last[i] == ""]

@@ -221,7 +221,7 @@ def test_reset_all_removes_state(tmp_path: Path, remote: Path) -> None:
     assert sync(a, remote, "user-a", auto_approve=True).ok
     state = StateDir(a)
     assert state.versions.exists()
-    assert state.file("sync-base.json").exists()
+    assert state.file("sync-state.db").exists()
     assert (remote / ".S3" / "versions.csv").exists()
 
     assert (
@@ -232,8 +232,8 @@ def test_reset_all_removes_state(tmp_path: Path, remote: Path) -> None:
     )
     assert not state.versions.exists()
     assert not state.versions_local.exists()
-    assert not state.file("sync-base.json").exists()
-    assert not state.file("sync-index.json").exists()
+    assert not state.file("sync-state.db").exists()
+    assert not state.file("sync-state.db-wal").exists()
     assert not (remote / ".S3" / "versions.csv").exists()
     assert (a / "x.txt").read_text() == "x"
     assert tree(remote) == {"x.txt": md5(a / "x.txt")}

@@ -130,8 +130,7 @@ def interrupted_on_disk(node: Node) -> list[str]:
         evidence.append("running actions in the queue")
     if list((state / "tmp").glob("*.part")):
         evidence.append(".part downloads")
-    journal = state / "sync-journal.json"
-    if journal.exists() and json.loads(journal.read_text()).get("changes"):
+    if StateDir(node.data).load_journal():
         evidence.append("journal rows")
     return evidence
 
@@ -259,8 +258,7 @@ def test_kill_9_loop_loses_nothing_and_converges(
         assert stop(node) == 0
         state = node.data / ".S3"
         assert list((state / "tmp").iterdir()) == [], f"{node.name}: .S3/tmp not empty"
-        journal = state / "sync-journal.json"
-        assert not journal.exists() or json.loads(journal.read_text())["changes"] == []
+        assert StateDir(node.data).load_journal() == [], f"{node.name}: journal not empty"
     versions = sum(len(x) for x in v.all.values())
     with capsys.disabled():
         print(

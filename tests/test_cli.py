@@ -402,7 +402,7 @@ def synced_with_a_remote_delete(team: Team, capsys: pytest.CaptureFixture[str]) 
     assert "delete_remote" in out
     assert [p.name for p in (team.remote / ".S3" / "deleted").glob("gone.txt~*")]
     assert (team.a / ".S3" / "versions.csv").is_file()
-    assert (team.a / ".S3" / "sync-base.json").is_file()
+    assert (team.a / ".S3" / "sync-state.db").is_file()
     assert (team.remote / ".S3" / "versions.csv").is_file()
 
 
@@ -416,9 +416,9 @@ def test_reset_yes_removes_state_but_keeps_data_and_deleted_copies(
     assert code == 0
     assert "removed remote .S3/versions.csv" in out
     assert "removed local .S3/versions.csv" in out
-    assert "removed local .S3/sync-base.json" in out
+    assert "removed local .S3/sync-state.db" in out
     assert not (team.a / ".S3" / "versions.csv").exists()
-    assert not (team.a / ".S3" / "sync-base.json").exists()
+    assert not (team.a / ".S3" / "sync-state.db").exists()
     assert not (team.a / ".S3" / "versionsLocal.csv").exists()
     assert not (team.remote / ".S3" / "versions.csv").exists()
     # data and soft-deleted copies are untouched

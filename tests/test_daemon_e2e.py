@@ -489,4 +489,4 @@ def test_reset_over_the_socket_removes_state_and_stops(
     keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]}
     assert keys == {"reset/keep.txt"}
     assert (node.data / "keep.txt").read_bytes() == b"data"
-    assert not (node.data / ".S3" / "sync-base.json").exists()
+    assert not (node.data / ".S3" / "sync-state.db").exists()

@@ -21,6 +21,7 @@ import pytest
 from folders import tree
 
 from s3syncd import cli
+from s3syncd.state import StateDir
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -225,7 +226,7 @@ def test_malformed_manifest_is_a_clear_error(
     a_cfg, _b, a, _bb = pair
     (a / "ok.txt").write_bytes(b"fine")
     assert sync(a_cfg, capsys)[0] == 0
-    before = (a / ".S3/sync-base.json").read_bytes()
+    before = StateDir(a).load_base()
     s3_client.put_object(
         Bucket=s3_bucket,
         Key="team/alpha/.S3/versions.csv",
@@ -235,7 +236,7 @@ def test_malformed_manifest_is_a_clear_error(
     err = capsys.readouterr().err
     assert code == 1
     assert "versions.csv" in err and "line" in err
-    assert (a / ".S3/sync-base.json").read_bytes() == before
+    assert StateDir(a).load_base() == before
     assert (a / "ok.txt").read_bytes() == b"fine"
 
 
@@ -332,4 +333,4 @@ def test_reset_removes_state_but_keeps_data_and_deleted_copies(
     assert "team/alpha/.S3/versions.csv" not in keys
     assert (a / "x.txt").read_bytes() == b"x"
     assert not (a / ".S3/versions.csv").exists()
-    assert not (a / ".S3/sync-base.json").exists()
+    assert not (a / ".S3/sync-state.db").exists()

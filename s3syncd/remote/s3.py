@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import logging
 import re
+import sys
 import threading
 import uuid
 from collections import deque
@@ -427,12 +428,14 @@ class S3Remote(Remote):
                         continue
                     if not under and key.startswith(STATE_PREFIX):
                         continue
+                    key = sys.intern(key)  # shared with the manifest and the index
                     etag = self._etag(item.get("ETag", ""))
+                    md5 = self._md5_of_etag(etag)
+                    if md5 is not None:
+                        md5 = sys.intern(md5)
+                        etag = md5 if md5 == etag else etag
                     found[key] = RemoteObject(
-                        key=key,
-                        size=int(item.get("Size", 0)),
-                        etag=etag,
-                        md5=self._md5_of_etag(etag),
+                        key=key, size=int(item.get("Size", 0)), etag=etag, md5=md5
                     )
         return found
 
