@@ -9,12 +9,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from s3syncd import api
 from s3syncd.config import DEFAULT_CONFIG_NAME, load_config
 from s3syncd.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, SyncError
-from s3syncd.model import APPROVABLE_KINDS, ActionKind
+from s3syncd.model import APPROVABLE_KINDS, Action, ActionKind
+
+if TYPE_CHECKING:
+    from s3syncd.display import TransferBar
 
 log = logging.getLogger(__name__)
 
@@ -202,11 +205,19 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _transfer_bar(actions: Sequence[Action]) -> TransferBar:
+    from s3syncd.display import TransferBar
+
+    return TransferBar(len(actions), sum(max(a.size or 0, 0) for a in actions), "sync")
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     cfg = load_config(_config_path(args), _overrides(args))
     auto = set(APPROVABLE_KINDS) if args.yes else {ActionKind(k) for k in args.approve}
     ask = input if sys.stdin.isatty() and not args.yes else None
-    summary = api.run_once(cfg, auto=auto, dry_run=args.dry_run, ask=ask, say=_out)
+    summary = api.run_once(
+        cfg, auto=auto, dry_run=args.dry_run, ask=ask, say=_out, meter=_transfer_bar
+    )
     if summary.done or summary.failed:
         _out(f"done: {len(summary.done)} ok, {len(summary.failed)} failed")
     return EXIT_OK if summary.ok else EXIT_ERROR

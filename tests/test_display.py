@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -136,3 +137,32 @@ def test_plain_status_lists_the_facts() -> None:
     assert "  pending     1 waiting for approval, 0 approved, 0 failed" in out
     assert "1 running, 10 B of 20 B" in out
     assert "boom \u00e9" in out
+
+
+def test_one_shot_sync_draws_a_transfer_bar_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from s3syncd import api, cli
+    from s3syncd.config import load_config
+    from s3syncd.model import APPROVABLE_KINDS
+
+    (tmp_path / "share").mkdir()
+    (tmp_path / "Data").mkdir()
+    (tmp_path / "Data" / "a.bin").write_bytes(b"x" * 3000)
+    (tmp_path / "Data" / "b.bin").write_bytes(b"y" * 1000)
+    cfg = load_config(
+        None,
+        {
+            "platform": "Local",
+            "datafolder": str(tmp_path / "Data"),
+            "local.remote_path": str(tmp_path / "share"),
+            "user_name": "ana",
+        },
+        environ={},
+    )
+    err = Tty()
+    monkeypatch.setattr(sys, "stderr", err)
+    said: list[str] = []
+    summary = api.run_once(cfg, auto=APPROVABLE_KINDS, say=said.append, meter=cli._transfer_bar)
+    assert summary.ok and len(summary.done) == 2
+    assert "2/2 files" in err.getvalue() and "3.9/3.9 KiB" in err.getvalue()
