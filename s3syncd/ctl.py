@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also remove soft-deleted copies under .S3/deleted/ on the remote",
     )
+    s = sub.add_parser("watch", help="live view of the queue, transfers and events (q quits)")
+    s.add_argument("--once", action="store_true", help="print one frame and exit")
+    s.add_argument(
+        "--interval", type=float, default=0.5, help="seconds between frames (default 0.5)"
+    )
     s = sub.add_parser("log", help="the daemon's recent log lines")
     s.add_argument("-n", type=int, default=50, help="number of lines (default 50)")
     s = sub.add_parser("service", help="install the systemd user unit / launchd agent")
@@ -254,6 +259,10 @@ def _dispatch(ctl: Ctl, args: argparse.Namespace) -> int:
             _out(f"removed {item}")
         _out("the daemon is stopping; start it again to sync afresh")
         return EXIT_OK
+    if cmd == "watch":
+        from s3syncd.watch import watch
+
+        return watch(ctl, once=args.once, interval=max(args.interval, 0.1))
     if cmd == "log":
         for line in ctl.call("log", {"n": args.n})["lines"]:
             _out(line)

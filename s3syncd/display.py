@@ -40,6 +40,8 @@ from s3syncd.model import shown
 PLAIN_WIDTH = 10_000
 SKIPPED_SHOWN = 20
 
+Frame = Group  # what a view renders to; other modules pass it along without knowing rich
+
 KIND_STYLES = {
     "upload": "green",
     "download": "cyan",
@@ -325,7 +327,8 @@ def watch_view(
         parts.append(Text("  nothing", style="dim"))
     parts.append(Text("\nRecent events", style="bold"))
     for line in events or ["(none)"]:
-        parts.append(Text(f"  {shown(line)}", style="dim" if not events else ""))
+        # One line each: a long log line is cut at the terminal's edge, not wrapped.
+        parts.append(Text(f"  {shown(line)}", no_wrap=True, overflow="ellipsis"))
     parts.append(Text("\nq or Ctrl-C quits", style="dim"))
     return Group(*parts)
 
