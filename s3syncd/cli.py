@@ -6,13 +6,14 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from s3syncd import api
-from s3syncd.config import DEFAULT_CONFIG_NAME, load_config
+from s3syncd.config import DEFAULT_CONFIG_NAME, Config, load_config
 from s3syncd.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, SyncError
 from s3syncd.model import APPROVABLE_KINDS, Action, ActionKind
 
@@ -95,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="write a config file for a data folder (asks what is missing)")
     _add_overrides(p)
     p.add_argument("--force", action="store_true", help="overwrite an existing config file")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="do not try the remote (bucket, prefix, credentials) after writing",
+    )
 
     p = sub.add_parser(
         "sync",
@@ -200,9 +206,48 @@ def cmd_init(args: argparse.Namespace) -> int:
     from s3syncd.atomicfile import write_atomic
 
     write_atomic(path, text.encode())
-    load_config(path)  # validate what we wrote
+    cfg = load_config(path)  # validate what we wrote
     _out(f"wrote {path}")
+    if not args.no_check:
+        _check_written(cfg, path)
+    if tty:
+        _offer_service(path)
+    _next_steps(path)
     return EXIT_OK
+
+
+def _check_written(cfg: Config, path: Path) -> None:
+    from s3syncd import preflight
+    from s3syncd.errors import RemoteError
+
+    try:
+        result = preflight.check_remote(cfg)
+    except RemoteError as exc:
+        # The file stays: most fixes are outside it (credentials, a bucket to create).
+        raise type(exc)(f"wrote {path}, but the remote check failed: {exc.message}") from exc
+    _out(f"checked: {result.describe()}")
+
+
+def _config_flag(path: Path) -> str:
+    default = Path(DEFAULT_CONFIG_NAME)
+    same = path.resolve() == default.resolve() and "S3SYNCD_CONFIG" not in os.environ
+    return "" if same else f" --config {shlex.quote(str(path))}"
+
+
+def _offer_service(path: Path) -> None:
+    answer = input("Run it in the background at login (s3syncctl service install)? [y/N]: ")
+    if answer.strip().lower() not in ("y", "yes"):
+        return
+    from s3syncd import ctl
+
+    ctl.main([*shlex.split(_config_flag(path)), "service", "install"])
+
+
+def _next_steps(path: Path) -> None:
+    flag = _config_flag(path)
+    _out("next:")
+    _out(f"  s3syncd run{flag}        # the daemon, in the foreground (Ctrl-C stops it)")
+    _out(f"  s3syncctl{flag} pending  # in another terminal: what waits for your approval")
 
 
 def _transfer_bar(actions: Sequence[Action]) -> TransferBar:
