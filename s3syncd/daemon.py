@@ -44,6 +44,7 @@ from s3syncd.errors import (
 )
 from s3syncd.executor import Outcome
 from s3syncd.model import APPROVABLE_KINDS, ActionKind, Resolution
+from s3syncd.notify import Notifier
 from s3syncd.server import ControlServer, default_socket_path
 from s3syncd.watcher import Watcher
 
@@ -122,6 +123,7 @@ class Daemon:
         self._watcher: Watcher | None = None
         self._scheduler: Any = None
         self.reset_requested = False
+        self.notifier = Notifier(cfg.daemon.notify)
 
     # --- lifecycle ----------------------------------------------------------------------
     def _socket_path(self) -> Path:
@@ -302,11 +304,17 @@ class Daemon:
         total = max(len(eng.base), len(eng.index))
         now = self.clock()
         with self.lock:
+            before = self._waiting_ids()
             brake = self.queue.brake_for(plan.actions, now, total, self.cfg.policy)
             self.brake = brake
             self.queue.update(plan.actions, now, self.cfg.policy, brake)
+            waiting = self._waiting_ids()
         if brake.engaged:
             log.warning("%s", brake.describe())
+        self.notifier.new_pending(self.cfg.name, len(waiting - before), len(waiting))
+
+    def _waiting_ids(self) -> set[str]:
+        return {e.action.id for e in self.queue.pending() if e.state is EntryState.PENDING}
 
     def _local_changed(self, paths: set[str]) -> None:
         if self.engine.update_local(paths):
