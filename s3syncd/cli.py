@@ -33,6 +33,7 @@ Credentials come from the standard AWS chain (AWS_PROFILE, environment, instance
 
 def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def _default_config() -> Path:
@@ -139,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the daemon in the foreground (for systemd/launchd)")
     _add_overrides(p)
+
+    p = sub.add_parser(
+        "demo",
+        help="try it with no AWS account: two folders, one local remote, two real daemons",
+    )
+    p.add_argument("--yes", "-y", action="store_true", help="run every step without pausing")
+    p.add_argument("--dir", type=Path, help="where to put the demo (default: a new temp folder)")
+    p.add_argument("--keep", action="store_true", help="leave the demo folder afterwards")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     return parser
 
 
@@ -292,7 +302,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return daemon.run(cfg, verbose=args.verbose)
 
 
-COMMANDS = {"init": cmd_init, "sync": cmd_sync, "reset": cmd_reset, "run": cmd_run}
+def cmd_demo(args: argparse.Namespace) -> int:
+    from s3syncd.demo import run_demo
+
+    interactive = sys.stdin.isatty() and not args.yes
+    run_demo(args.dir, keep=args.keep, interactive=interactive, say=_out)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "init": cmd_init,
+    "sync": cmd_sync,
+    "reset": cmd_reset,
+    "run": cmd_run,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

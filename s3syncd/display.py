@@ -93,6 +93,10 @@ def emit(renderable: RenderableType, stream: TextIO | None = None) -> None:
     console.file.flush()
 
 
+def heading(title: str) -> Text:
+    return Text(title, style="bold cyan")
+
+
 # --- status -----------------------------------------------------------------------------
 
 
