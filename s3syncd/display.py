@@ -322,7 +322,15 @@ def watch_view(
             parts.append(Text(f"  ... and {len(active) - rows} more"))
     else:
         parts.append(Text("  none", style="dim"))
-    parts.append(Text(f"\nWaiting for approval ({len(items)})", style="bold"))
+    waiting = sum(1 for it in items if it["state"] == "pending")
+    failed = sum(1 for it in items if it["state"] == "failed")
+    busy = len(items) - waiting - failed
+    parts.append(
+        Text(
+            f"\nQueue: {waiting} waiting for approval, {busy} approved or running, {failed} failed",
+            style="bold",
+        )
+    )
     if items:
         parts.append(pending_table(items[:rows], tty=tty))
         if len(items) > rows:

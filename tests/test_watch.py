@@ -72,7 +72,10 @@ def test_watch_once_renders_one_plain_frame(daemon: Path) -> None:
     code, out = run_ctl(daemon, "watch", "--once")
     assert code == 0, out
     assert out.startswith("s3syncd lab: ")
-    assert "Transfers in flight" in out and "Waiting for approval (1)" in out
+    assert (
+        "Transfers in flight" in out
+        and "Queue: 1 waiting for approval, 0 approved or running, 0 failed" in out
+    )
     assert "notes/report.csv" in out and "upload" in out
     assert "Recent events" in out
     assert "\x1b" not in out  # not a terminal: no escape codes
