@@ -69,7 +69,7 @@ def start(folder: Path, notify_line: str) -> tuple[Path, subprocess.Popen[bytes]
         stderr=subprocess.DEVNULL,
         env=dict(os.environ),
     )
-    wait_until(lambda: run_ctl(cfg, "status")[0] == 0, what="the daemon to serve")
+    wait_until(lambda: run_ctl(cfg, "status")[0] == 0, 60, "the daemon to serve")
     return cfg, proc
 
 
@@ -84,7 +84,7 @@ def test_new_pending_actions_notify_when_enabled(lab: tuple[Path, Path]) -> None
     cfg, proc = start(folder, "notify = true\n")
     try:
         put(folder / "Data", "report.csv", "a,b\n")
-        wait_until(lambda: record.exists(), what="a notification")
+        wait_until(lambda: record.exists(), 60, "a notification")
         args = record.read_text().splitlines()
         assert args[0] == "--app-name=s3syncd"
         assert args[1] == "s3syncd lab: 1 new action(s) to approve"
@@ -102,7 +102,7 @@ def test_no_notification_by_default(lab: tuple[Path, Path]) -> None:
     cfg, proc = start(folder, "")
     try:
         put(folder / "Data", "report.csv", "a,b\n")
-        wait_until(lambda: "report.csv" in run_ctl(cfg, "pending")[1], what="a pending upload")
+        wait_until(lambda: "report.csv" in run_ctl(cfg, "pending")[1], 60, "a pending upload")
         assert run_ctl(cfg, "sync")[0] == 0  # a whole pass, notification included, has run
         assert not record.exists()
     finally:

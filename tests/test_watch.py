@@ -59,8 +59,8 @@ def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         env=dict(os.environ),
     )
     try:
-        wait_until(lambda: run_ctl(cfg, "status")[0] == 0, what="the daemon to serve")
-        wait_until(lambda: "report.csv" in run_ctl(cfg, "pending")[1], what="a pending upload")
+        wait_until(lambda: run_ctl(cfg, "status")[0] == 0, 60, "the daemon to serve")
+        wait_until(lambda: "report.csv" in run_ctl(cfg, "pending")[1], 60, "a pending upload")
         yield cfg
     finally:
         proc.send_signal(signal.SIGTERM)
