@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from s3syncd import approvals, interactive
 from s3syncd import remote as platforms
@@ -22,6 +23,18 @@ log = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
 Ask = Callable[[str], str]
+
+
+class TransferMeter(Protocol):
+    """Shows a pass's transfers as they go (a progress bar in the CLI)."""
+
+    def advance(self, nbytes: int) -> None: ...
+
+    def file_done(self) -> None: ...
+
+
+# Given the approved actions, a context in which to meter their transfers.
+MeterFactory = Callable[[Sequence[Action]], AbstractContextManager[TransferMeter]]
 
 
 def _stdout(text: str) -> None:
@@ -126,11 +139,12 @@ def run_once(
     ask: Ask | None = None,
     say: Say = _stdout,
     engine: Engine | None = None,
+    meter: MeterFactory | None = None,
 ) -> SyncSummary:
     """One full pass: scan, read the manifest and a listing, plan, approve, execute."""
     eng = engine or build_engine(cfg, ask_name=ask is not None)
     try:
-        return _pass(eng, cfg, auto=auto, dry_run=dry_run, ask=ask, say=say)
+        return _pass(eng, cfg, auto=auto, dry_run=dry_run, ask=ask, say=say, meter=meter)
     finally:
         if engine is None:
             eng.remote.close()
@@ -144,6 +158,7 @@ def _pass(
     dry_run: bool,
     ask: Ask | None,
     say: Say,
+    meter: MeterFactory | None = None,
 ) -> SyncSummary:
     say(f"s3syncd: {cfg.datafolder} <-> {eng.remote.describe()} as {eng.user}")
     eng.prepare(dry_run=dry_run)
@@ -177,13 +192,21 @@ def _pass(
     approved, left = choose_actions(plan.actions, cfg.policy, brake, frozenset(auto), ask, say)
     summary.not_approved = [a for a in left if a.kind is not ActionKind.RECORD]
 
-    def report(out: Any) -> None:
-        mark = "ok " if out.ok else "ERR"
-        if out.action.kind is not ActionKind.RECORD or not out.ok:
-            what = f"{shown(out.action.path)}: {shown(out.message)}"
-            say(f"  [{mark}] {out.action.kind.value:<13} {what}")
+    metered: AbstractContextManager[TransferMeter | None] = (
+        meter([a for a, _ in approved]) if meter and approved else nullcontext(None)
+    )
+    with metered as bar:
 
-    result = eng.execute(approved, on_outcome=report)
+        def report(out: Any) -> None:
+            mark = "ok " if out.ok else "ERR"
+            if bar is not None:
+                bar.file_done()
+            if out.action.kind is not ActionKind.RECORD or not out.ok:
+                what = f"{shown(out.action.path)}: {shown(out.message)}"
+                say(f"  [{mark}] {out.action.kind.value:<13} {what}")
+
+        progress = bar.advance if bar is not None else None
+        result = eng.execute(approved, progress=progress, on_outcome=report)
     summary.done = [(o.action, o.message) for o in result.done]
     summary.failed = [(o.action, o.message) for o in result.failed]
     summary.commit_error = result.commit_error

@@ -6,15 +6,19 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from s3syncd import api
-from s3syncd.config import DEFAULT_CONFIG_NAME, load_config
+from s3syncd.config import DEFAULT_CONFIG_NAME, Config, load_config
 from s3syncd.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, SyncError
-from s3syncd.model import APPROVABLE_KINDS, ActionKind
+from s3syncd.model import APPROVABLE_KINDS, Action, ActionKind
+
+if TYPE_CHECKING:
+    from s3syncd.display import TransferBar
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,7 @@ Credentials come from the standard AWS chain (AWS_PROFILE, environment, instance
 
 def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def _default_config() -> Path:
@@ -92,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="write a config file for a data folder (asks what is missing)")
     _add_overrides(p)
     p.add_argument("--force", action="store_true", help="overwrite an existing config file")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="do not try the remote (bucket, prefix, credentials) after writing",
+    )
 
     p = sub.add_parser(
         "sync",
@@ -130,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the daemon in the foreground (for systemd/launchd)")
     _add_overrides(p)
+
+    p = sub.add_parser(
+        "demo",
+        help="try it with no AWS account: two folders, one local remote, two real daemons",
+    )
+    p.add_argument("--yes", "-y", action="store_true", help="run every step without pausing")
+    p.add_argument("--dir", type=Path, help="where to put the demo (default: a new temp folder)")
+    p.add_argument("--keep", action="store_true", help="leave the demo folder afterwards")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     return parser
 
 
@@ -197,16 +216,63 @@ def cmd_init(args: argparse.Namespace) -> int:
     from s3syncd.atomicfile import write_atomic
 
     write_atomic(path, text.encode())
-    load_config(path)  # validate what we wrote
+    cfg = load_config(path)  # validate what we wrote
     _out(f"wrote {path}")
+    if not args.no_check:
+        _check_written(cfg, path)
+    if tty:
+        _offer_service(path)
+    _next_steps(path)
     return EXIT_OK
+
+
+def _check_written(cfg: Config, path: Path) -> None:
+    from s3syncd import preflight
+    from s3syncd.errors import RemoteError
+
+    try:
+        result = preflight.check_remote(cfg)
+    except RemoteError as exc:
+        # The file stays: most fixes are outside it (credentials, a bucket to create).
+        raise type(exc)(f"wrote {path}, but the remote check failed: {exc.message}") from exc
+    _out(f"checked: {result.describe()}")
+
+
+def _config_flag(path: Path) -> str:
+    default = Path(DEFAULT_CONFIG_NAME)
+    same = path.resolve() == default.resolve() and "S3SYNCD_CONFIG" not in os.environ
+    return "" if same else f" --config {shlex.quote(str(path))}"
+
+
+def _offer_service(path: Path) -> None:
+    answer = input("Run it in the background at login (s3syncctl service install)? [y/N]: ")
+    if answer.strip().lower() not in ("y", "yes"):
+        return
+    from s3syncd import ctl
+
+    ctl.main([*shlex.split(_config_flag(path)), "service", "install"])
+
+
+def _next_steps(path: Path) -> None:
+    flag = _config_flag(path)
+    _out("next:")
+    _out(f"  s3syncd run{flag}        # the daemon, in the foreground (Ctrl-C stops it)")
+    _out(f"  s3syncctl{flag} pending  # in another terminal: what waits for your approval")
+
+
+def _transfer_bar(actions: Sequence[Action]) -> TransferBar:
+    from s3syncd.display import TransferBar
+
+    return TransferBar(len(actions), sum(max(a.size or 0, 0) for a in actions), "sync")
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
     cfg = load_config(_config_path(args), _overrides(args))
     auto = set(APPROVABLE_KINDS) if args.yes else {ActionKind(k) for k in args.approve}
     ask = input if sys.stdin.isatty() and not args.yes else None
-    summary = api.run_once(cfg, auto=auto, dry_run=args.dry_run, ask=ask, say=_out)
+    summary = api.run_once(
+        cfg, auto=auto, dry_run=args.dry_run, ask=ask, say=_out, meter=_transfer_bar
+    )
     if summary.done or summary.failed:
         _out(f"done: {len(summary.done)} ok, {len(summary.failed)} failed")
     return EXIT_OK if summary.ok else EXIT_ERROR
@@ -236,7 +302,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return daemon.run(cfg, verbose=args.verbose)
 
 
-COMMANDS = {"init": cmd_init, "sync": cmd_sync, "reset": cmd_reset, "run": cmd_run}
+def cmd_demo(args: argparse.Namespace) -> int:
+    from s3syncd.demo import run_demo
+
+    interactive = sys.stdin.isatty() and not args.yes
+    run_demo(args.dir, keep=args.keep, interactive=interactive, say=_out)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "init": cmd_init,
+    "sync": cmd_sync,
+    "reset": cmd_reset,
+    "run": cmd_run,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,6 +50,7 @@ ENV_KEYS = {
     "WORKERS": "daemon.workers",
     "SOCKET": "daemon.socket",
     "LOG_LEVEL": "daemon.log_level",
+    "NOTIFY": "daemon.notify",
 }
 
 KNOWN_KEYS = {
@@ -73,6 +74,7 @@ KNOWN_KEYS = {
     "daemon.workers",
     "daemon.socket",
     "daemon.log_level",
+    "daemon.notify",
 }
 
 
@@ -91,6 +93,7 @@ class DaemonSettings:
     workers: int = 8
     socket: Path | None = None
     log_level: str = "INFO"
+    notify: bool = False  # desktop notification when new actions wait for approval
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,18 @@ def _float(values: Mapping[str, Any], key: str, default: float, minimum: float =
     if value < minimum:
         raise ConfigError(f"{key} must be at least {minimum}, not {value}")
     return value
+
+
+def _bool(values: Mapping[str, Any], key: str, default: bool) -> bool:
+    raw = values.get(key, default)
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key} must be true or false, not {raw!r}")
 
 
 def _kinds(raw: Any) -> frozenset[ActionKind]:
@@ -237,6 +252,7 @@ def build_config(values: Mapping[str, Any], base_dir: Path, path: Path | None = 
             workers=workers,
             socket=Path(str(socket_raw)) if socket_raw else None,
             log_level=level,
+            notify=_bool(values, "daemon.notify", False),
         ),
         path=path,
     )

@@ -18,7 +18,7 @@ from s3syncd.errors import (
     EXIT_USAGE,
     SyncError,
 )
-from s3syncd.model import APPROVABLE_KINDS, shown
+from s3syncd.model import APPROVABLE_KINDS
 
 EPILOG = """\
 exit codes:
@@ -30,9 +30,6 @@ exit codes:
 The socket is found from the config (--config, $S3SYNCD_CONFIG or ./s3syncd.toml):
 $XDG_RUNTIME_DIR/s3syncd/<name>.sock, else <datafolder>/.S3/s3syncd.sock.
 """
-
-
-SKIPPED_SHOWN = 20
 
 
 def _out(text: str = "") -> None:
@@ -86,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also remove soft-deleted copies under .S3/deleted/ on the remote",
     )
+    s = sub.add_parser("watch", help="live view of the queue, transfers and events (q quits)")
+    s.add_argument("--once", action="store_true", help="print one frame and exit")
+    s.add_argument(
+        "--interval", type=float, default=0.5, help="seconds between frames (default 0.5)"
+    )
     s = sub.add_parser("log", help="the daemon's recent log lines")
     s.add_argument("-n", type=int, default=50, help="number of lines (default 50)")
     s = sub.add_parser("service", help="install the systemd user unit / launchd agent")
@@ -129,109 +131,62 @@ class Ctl:
         self.client.close()
 
 
-def _human_size(size: Any) -> str:
-    from s3syncd.interactive import human_size
-
-    return human_size(size if isinstance(size, int) else None)
-
-
 def show_status(st: dict[str, Any]) -> None:
-    _out(f"s3syncd {st['name']}: {st['state']}")
-    _out(f"  folder      {st['datafolder']}")
-    _out(f"  remote      {st['remote']} (as {st['user']})")
-    link = "connected" if st.get("connected", True) else "NOT CONNECTED"
-    _out(f"  last poll   {st['last_poll'] or 'never'} ({st['last_poll_result']}; {link})")
-    _out(
-        f"  pending     {st['pending']} waiting for approval, {st['approved']} approved, "
-        f"{st['failed']} failed"
-    )
-    counts = st.get("counts", {})
-    _out(
-        f"  files       {counts.get('local_files', 0)} local, "
-        f"{counts.get('remote_files', 0)} remote, {counts.get('skipped', 0)} skipped"
-    )
-    if not st.get("conditional_writes", True):
-        _out("  WARNING     the remote ignores conditional writes; using read-back checks")
-    if st.get("held"):
-        _out(f"  HELD        {st['held']}")
-    tr = st.get("transfers", {})
-    if tr.get("active"):
-        _out(
-            f"  transfers   {len(tr['active'])} running, "
-            f"{_human_size(tr['bytes_done'])} of {_human_size(tr['bytes_total'])}"
-        )
-    skipped = st.get("skipped") or []
-    if skipped:
-        _out(f"  not synced  {len(skipped)}:")
-        for item in skipped[:SKIPPED_SHOWN]:
-            _out(f"    {shown(item['path'])}  ({shown(item['reason'])})")
-        if len(skipped) > SKIPPED_SHOWN:
-            _out(f"    ... and {len(skipped) - SKIPPED_SHOWN} more (see 'status --json')")
-    errors = st.get("errors", [])
-    if errors:
-        _out(f"  errors      {len(errors)} (latest last):")
-        for e in errors[-5:]:
-            _out(f"    {e['time']}  {shown(e['message'])}")
+    from s3syncd import display
+
+    display.emit(display.status_view(st))
 
 
 def show_pending(items: list[dict[str, Any]]) -> None:
-    if not items:
-        _out("Nothing waits for approval.")
-        return
-    rows = [("ID", "ACTION", "PATH", "SIZE", "WHO", "WHEN", "WHY")]
-    for it in items:
-        state = "" if it["state"] == "pending" else f" ({it['state']})"
-        rows.append(
-            (
-                it["id"],
-                it["kind"] + state,
-                shown(it["path"]),
-                _human_size(it["size"]),
-                shown(it["edited_by"] or "-"),
-                (it["queued_at"] or "")[:19].replace("T", " "),
-                shown(it["error"] or it["reason"]),
-            )
-        )
-    widths = [max(len(str(r[i])) for r in rows) for i in range(6)]
-    for r in rows:
-        _out("  ".join(str(c).ljust(w) for c, w in zip(r[:6], widths, strict=True)) + "  " + r[6])
+    from s3syncd import display
+
+    display.show_pending(items)
 
 
 def wait_for(ctl: Ctl, ids: list[str], timeout: float | None = None) -> int:
     """Wait until the approved actions ran; draw a progress bar on a terminal."""
+    from s3syncd.display import TransferBar
+
     if not ids:
         return EXIT_OK
-    tty = sys.stderr.isatty()
     deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        st = ctl.call("status", {"ids": ids})
-        states = {i: a["state"] for i, a in st["actions"].items()}
-        if tty:
+    with TransferBar(len(ids), 0, "approved") as bar:
+        while True:
+            st = ctl.call("status", {"ids": ids})
+            states = {i: a["state"] for i, a in st["actions"].items()}
             tr = st["transfers"]
-            total = max(tr["bytes_total"], 1)
-            frac = min(tr["bytes_done"] / total, 1.0)
-            bar = "#" * int(frac * 30)
             done = sum(1 for s in states.values() if s not in ("approved", "running"))
-            sys.stderr.write(
-                f"\r[{bar:<30}] {done}/{len(ids)} actions, "
-                f"{_human_size(tr['bytes_done'])}/{_human_size(tr['bytes_total'])}"
-            )
-            sys.stderr.flush()
-        if all(s not in ("approved", "running") for s in states.values()):
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            if tty:
-                sys.stderr.write("\n")
-            _out("still running; see 's3syncctl status'")
-            return EXIT_OK
-        time.sleep(0.2)  # polling the daemon for progress is the point here
-    if tty:
-        sys.stderr.write("\n")
+            bar.update(tr["bytes_done"], tr["bytes_total"], done)
+            if done == len(states):
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(0.2)  # polling the daemon for progress is the point here
+    if done < len(states):
+        _out("still running; see 's3syncctl status'")
+        return EXIT_OK
     failed = 0
     for i, a in st["actions"].items():
         _out(f"{i}: {a['state']}{': ' + a['message'] if a['message'] else ''}")
         failed += a["state"] == "failed"
     return EXIT_ERROR if failed else EXIT_OK
+
+
+def follow_transfers(ctl: Ctl, timeout: float = 3600.0) -> None:
+    """Show the progress of already approved actions (auto-approved ones after a sync)."""
+    from s3syncd.display import TransferBar
+
+    st = ctl.call("status")
+    first = int(st["approved"])
+    if not first:
+        return
+    deadline = time.monotonic() + timeout
+    with TransferBar(first, 0, "approved") as bar:
+        while st["approved"] and time.monotonic() < deadline:
+            tr = st["transfers"]
+            bar.update(tr["bytes_done"], tr["bytes_total"], max(first - int(st["approved"]), 0))
+            time.sleep(0.2)  # polling the daemon for progress is the point here
+            st = ctl.call("status")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -286,6 +241,8 @@ def _dispatch(ctl: Ctl, args: argparse.Namespace) -> int:
     if cmd == "sync":
         res = ctl.call("sync")
         _out(f"synced; {res['pending']} action(s) in the queue")
+        if sys.stderr.isatty():
+            follow_transfers(ctl)
         return EXIT_OK
     if cmd in ("pause", "resume"):
         _out(ctl.call(cmd)["state"])
@@ -302,6 +259,10 @@ def _dispatch(ctl: Ctl, args: argparse.Namespace) -> int:
             _out(f"removed {item}")
         _out("the daemon is stopping; start it again to sync afresh")
         return EXIT_OK
+    if cmd == "watch":
+        from s3syncd.watch import watch
+
+        return watch(ctl, once=args.once, interval=max(args.interval, 0.1))
     if cmd == "log":
         for line in ctl.call("log", {"n": args.n})["lines"]:
             _out(line)

@@ -44,6 +44,7 @@ from s3syncd.errors import (
 )
 from s3syncd.executor import Outcome
 from s3syncd.model import APPROVABLE_KINDS, ActionKind, Resolution
+from s3syncd.notify import Notifier
 from s3syncd.server import ControlServer, default_socket_path
 from s3syncd.watcher import Watcher
 
@@ -129,6 +130,7 @@ class Daemon:
         self.reset_requested = False
         # Set once the first poll, scan and plan are done (or failed).
         self.ready = threading.Event()
+        self.notifier = Notifier(cfg.daemon.notify)
 
     # --- lifecycle ----------------------------------------------------------------------
     def _socket_path(self) -> Path:
@@ -328,16 +330,22 @@ class Daemon:
             total = max(len(eng.base), len(eng.index))
             now = self.clock()
             with self.lock:
+                before = self._waiting_ids()
                 # The brake counts what the whole queue would delete, not only this plan's.
                 counted = [*plan.actions, *self.queue.outside(scope)]
                 brake = self.queue.brake_for(counted, now, total, self.cfg.policy)
                 self.brake = brake
                 self.queue.update(plan.actions, now, self.cfg.policy, brake, scope)
+                waiting = self._waiting_ids()
         except BaseException:
             eng.give_back_dirty(scope)
             raise
         if brake.engaged:
             log.warning("%s", brake.describe())
+        self.notifier.new_pending(self.cfg.name, len(waiting - before), len(waiting))
+
+    def _waiting_ids(self) -> set[str]:
+        return {e.action.id for e in self.queue.pending() if e.state is EntryState.PENDING}
 
     def _local_changed(self, paths: set[str]) -> None:
         if self.engine.update_local(paths):

@@ -179,6 +179,7 @@ def test_init_with_flags_writes_a_loadable_config(
         str(remote),
         "--datafolder",
         str(data),
+        "--no-check",
         "--user-name",
         "user-x",
     ]
@@ -230,6 +231,7 @@ def test_init_for_s3_with_flags(tmp_path: Path, capsys: pytest.CaptureFixture[st
         "http://127.0.0.1:8333",
         "--user-name",
         "u",
+        "--no-check",
     )
     assert code == 0
     cfg = load_config(path, environ={})

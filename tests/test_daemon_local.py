@@ -129,9 +129,18 @@ def test_approve_waits_with_a_progress_bar_on_a_terminal(
     fake = FakeCtl([reply("running", 0, 100), reply("running", 50, 100), reply("done", 100, 100)])
     assert ctl.wait_for(fake, ["abc"]) == 0  # type: ignore[arg-type]
     bars = tty.getvalue()
-    assert "[###############               ]" in bars  # half way
-    assert "100 B/100 B" in bars
+    assert "1/1 files" in bars and "100/100 bytes" in bars  # the last frame, all done
+    assert "bytes/s" in bars  # the rate
     assert "abc: done" in capsys.readouterr().out
+
+
+def test_approve_draws_no_bar_off_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeCtl([reply("running", 0, 100), reply("done", 100, 100)])
+    assert ctl.wait_for(fake, ["abc"]) == 0  # type: ignore[arg-type]
+    out, err = capsys.readouterr()
+    assert out == "abc: done\n" and err == ""
 
 
 def test_approve_exit_code_is_1_when_an_action_failed(
