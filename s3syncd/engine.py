@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from s3syncd import executor, localfs, manifest, tables
+from s3syncd import executor, history, localfs, manifest, tables
 from s3syncd.atomicfile import write_atomic
 from s3syncd.config import Config
 from s3syncd.errors import SyncError, UnsafePathError
@@ -74,6 +74,9 @@ class Engine:
         self.workers = workers or cfg.daemon.workers
         self.clock = clock
         self.state = StateDir(cfg.datafolder)
+        self.history = history.HistoryLog(
+            self.state.file(history.HISTORY_FILE), manifest_copy=self.state.versions
+        )
         self.lock = threading.RLock()
         self.base: dict[str, str] = {}
         # The ETag each base version had on the remote, where known: the change signal
@@ -578,7 +581,7 @@ class Engine:
                     else:
                         # We just wrote this object: the listing must not contradict it.
                         self.objects[c.path] = RemoteObject(c.path, -1, "", c.row.checksum)
-        self._store(written)
+        self._store(written, ours={c.path for c in changes} - dropped)
         ours = {c.path for c in changes}
         merged = previous is None or _others(previous.rows, ours) != _others(written.rows, ours)
         if merged or dropped:
@@ -594,10 +597,15 @@ class Engine:
                     self.objects = None
         return dropped
 
-    def _store(self, fresh: manifest.Manifest) -> None:
-        """Adopt a manifest just read or written, and keep the legacy local copies."""
+    def _store(self, fresh: manifest.Manifest, ours: Iterable[str] = ()) -> None:
+        """Adopt a manifest just read or written (``ours``: paths our commit wrote), record
+        what changed in the history, and keep the legacy local copies."""
         with self.lock:
-            self.manifest = fresh
+            previous, self.manifest = self.manifest, fresh
+            sizes = {f.md5: f.size for f in self.index.values()}
+        self.history.observe(
+            previous.rows if previous else None, fresh, ours, sizes, self.user, self.clock()
+        )
         write_atomic(self.state.versions, fresh.raw_rows)
         write_atomic(self.state.deleted_remote, fresh.raw_tombstones)
 
