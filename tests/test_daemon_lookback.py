@@ -15,12 +15,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from polling import wait_until
 
 from s3syncd import ctl
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from s3server import S3Server
 
 pytestmark = pytest.mark.daemon
 
@@ -77,17 +81,17 @@ class Node:
         os.utime(target, ns=(bumped, bumped))  # a same-size edit is always seen
 
 
-@pytest.fixture
-def folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], Node]]:
-    """Start daemons named by the caller, each on its own folder, all on one shared remote."""
+def launch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, remote_config: Callable[[str], str]
+) -> Iterator[Callable[[str], Node]]:
+    """Start daemons named by the caller, each on its own folder, all on one remote
+    (``remote_config(name)`` gives the config lines that name it)."""
     run = Path(tempfile.mkdtemp(prefix="s3sd-", dir="/tmp"))  # AF_UNIX paths stay short
     run.chmod(0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
     for var in list(os.environ):
         if var.startswith("S3SYNCD_"):
             monkeypatch.delenv(var)
-    share = tmp_path / "share"
-    share.mkdir()
     nodes: list[Node] = []
 
     def start(name: str) -> Node:
@@ -95,8 +99,8 @@ def folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callabl
         data.mkdir(parents=True)
         cfg = tmp_path / name / f"{name}.toml"
         cfg.write_text(
-            f'platform = "Local"\ndatafolder = "{data}"\nuser_name = "{name}"\n'
-            f'[local]\nremote_path = "{share}"\n[daemon]\ndebounce = 0.2\npoll_interval = 0.5\n'
+            f'datafolder = "{data}"\nuser_name = "{name}"\n{remote_config(name)}'
+            "[daemon]\ndebounce = 0.2\npoll_interval = 0.5\n"
         )
         node = Node(name, cfg, data)
         log = (tmp_path / f"{name}.log").open("ab")
@@ -123,6 +127,38 @@ def folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callabl
             for proc in node.procs:
                 assert proc.wait(timeout=30) == 0
         shutil.rmtree(run, ignore_errors=True)
+
+
+@pytest.fixture
+def folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], Node]]:
+    """Daemons on one Local remote (a shared directory): fast, no server needed."""
+    share = tmp_path / "share"
+    share.mkdir()
+    yield from launch(
+        tmp_path, monkeypatch, lambda _: f'platform = "Local"\n[local]\nremote_path = "{share}"\n'
+    )
+
+
+@pytest.fixture
+def s3_folders(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    s3_server: S3Server,
+    s3_client: S3Client,
+    s3_bucket: str,
+) -> Iterator[Callable[[str], Node]]:
+    """Daemons on one prefix of a loopback SeaweedFS bucket with versioning on."""
+    s3_client.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+
+    def config(_: str) -> str:
+        return (
+            f'[s3]\nbucket = "{s3_bucket}"\nprefix = "team"\n'
+            f'endpoint_url = "{s3_server.endpoint}"\nregion = "{s3_server.region}"\n'
+        )
+
+    yield from launch(tmp_path, monkeypatch, config)
 
 
 BASE_CSV = "id,name,qty\n1,apple,3\n2,pear,5\n3,plum,7\n"
@@ -277,3 +313,33 @@ def test_trash_lists_a_file_deleted_elsewhere_and_restore_brings_it_back(
     assert code == 1 and "--version 1.." in out
     code, out = bob.ctl("restore", "keep/data.csv", "--to", ".S3/versions.csv")
     assert code == 1
+
+
+@pytest.mark.s3
+def test_on_a_versioned_bucket_history_and_trash_show_object_versions(
+    s3_folders: Callable[[str], Node],
+) -> None:
+    ann = s3_folders("ann")
+    ann.write("v.txt", "first\n")
+    ann.approve("upload", "v.txt")
+    ann.write("v.txt", "second, longer\n")
+    ann.approve("upload", "v.txt")
+
+    res = ann.json("history", "v.txt")
+    assert [e["source"] for e in res["entries"]] == ["ours", "ours"]
+    versions = res["versions"]
+    assert [v["size"] for v in versions] == [len("second, longer\n"), len("first\n")]
+    assert versions[0]["latest"] and not versions[1]["latest"]
+    code, text = ann.ctl("history", "v.txt")
+    assert code == 0 and "S3 object versions" in text and "(current)" in text
+
+    (ann.data / "v.txt").unlink()
+    ann.approve("delete_remote", "v.txt")
+    items = [i for i in ann.json("trash") if i["path"] == "v.txt"]
+    origins = sorted(i["origin"] for i in items)
+    assert origins == ["remote-trash", "version", "version"]
+    oldest = max((i for i in items if i["origin"] == "version"), key=lambda i: i["version"])
+    res = ann.json("restore", "v.txt", "--version", str(oldest["version"]))
+    assert res["restored"] == "v.txt" and res["from"]["origin"] == "version"
+    assert (ann.data / "v.txt").read_text() == "first\n"
+    ann.approve("upload", "v.txt")
