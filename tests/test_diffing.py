@@ -104,6 +104,14 @@ def test_huge_files_are_only_summarised(tmp_path: Path) -> None:
     assert d.kind is DiffKind.BINARY and "larger than" in d.note
 
 
+def test_big_text_gets_no_line_diff(tmp_path: Path) -> None:
+    d = compare(
+        "x.log", write(tmp_path, "a", "a\n" * 50), write(tmp_path, "b", "b\n"), max_text_bytes=10
+    )
+    assert d.kind is DiffKind.BINARY and "no line diff" in d.note
+    assert "no line diff" in d.render()
+
+
 def test_parquet_without_pyarrow_is_not_parsed(tmp_path: Path) -> None:
     import importlib.util
 
