@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from s3syncd import localfs
-from s3syncd.errors import SyncError, TransferError, UnsafePathError
+from s3syncd.errors import RemoteError, SyncError, TransferError, UnsafePathError
 from s3syncd.model import TIME_FORMAT, Row, path_problem, tagged_name, validate_rel_path
 from s3syncd.remote.base import TRASH_PREFIX, Remote
 
@@ -163,7 +163,12 @@ def catalogue(
     items = [*remote_trash(remote, tombstones), *local_trash(trash)]
     if path is not None:
         items = [i for i in items if i.path == path]
-    items += object_versions(remote, path)
+    try:
+        items += object_versions(remote, path)
+    except RemoteError as exc:
+        # A user may read the bucket without the right to list versions: the trash
+        # copies are still worth showing.
+        log.warning("object versions not listed: %s", exc)
     return sorted(items, key=lambda i: (i.path, -(i.deleted_at or 0.0), i.origin.value, i.ref))
 
 

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from s3syncd import recovery
-from s3syncd.errors import SyncError
+from s3syncd.errors import AuthError, SyncError
 from s3syncd.model import Row
 from s3syncd.recovery import Origin
+from s3syncd.remote.base import ObjectVersion
 from s3syncd.remote.localdir import LocalDirRemote
+
+if TYPE_CHECKING:
+    from s3syncd.remote.s3 import S3Remote
 
 
 def test_trash_keys_of_ours_and_of_the_original_package() -> None:
@@ -87,3 +92,28 @@ def test_restore_writes_beside_an_existing_file_or_over_it_with_force(
         recovery.pick(items, "d/r.csv", 4)
     with pytest.raises(SyncError, match="nothing to restore"):
         recovery.pick(items, "elsewhere", 1)
+
+
+@pytest.mark.s3
+def test_an_unversioned_bucket_has_no_versions_and_one_request_tells(
+    s3_remote: S3Remote,
+) -> None:
+    s3_remote.write_blob("a.txt", b"x")
+    s3_remote.write_blob("a.txt", b"y")
+    before = s3_remote.request_count()
+    assert s3_remote.list_versions("") == ()
+    assert s3_remote.request_count() == before + 1
+    assert recovery.object_versions(s3_remote, "a.txt") == []
+
+
+class NoVersionRights(LocalDirRemote):
+    def list_versions(self, under: str = "") -> tuple[ObjectVersion, ...]:
+        raise AuthError("access denied to ListObjectVersions")
+
+
+def test_no_right_to_list_versions_still_lists_the_trash(
+    tmp_path: Path, remote: LocalDirRemote
+) -> None:
+    denied = NoVersionRights(remote.root)
+    items = recovery.catalogue(denied, tmp_path / "trash", {})
+    assert len(items) == 3
