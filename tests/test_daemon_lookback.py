@@ -253,7 +253,11 @@ def test_history_lists_three_edits_by_two_users_newest_first(
     lines = [line for line in text.splitlines() if line.startswith("  ")]
     assert ["ann" in lines[0], "bob (this folder)" in lines[1], "added" in lines[2]] == [True] * 3
     # Ann's own history names her commits as hers.
-    ann_entries = ann.json("history", "plan.txt")["entries"]
+    ann_entries = wait_until(
+        lambda: (lambda e: e if len(e) >= 3 else None)(ann.json("history", "plan.txt")["entries"]),
+        DEADLINE,
+        "ann's own last commit in her history",
+    )
     assert [(e["user"], e["source"]) for e in ann_entries][:2] == [
         ("ann", "ours"),
         ("bob", "observed"),
@@ -325,7 +329,12 @@ def test_on_a_versioned_bucket_history_and_trash_show_object_versions(
     ann.write("v.txt", "second, longer\n")
     ann.approve("upload", "v.txt")
 
-    res = ann.json("history", "v.txt")
+    # 'approve' returns when the transfer is done; the commit follows just after.
+    res = wait_until(
+        lambda: (lambda r: r if len(r["entries"]) == 2 else None)(ann.json("history", "v.txt")),
+        DEADLINE,
+        "both commits in the history",
+    )
     assert [e["source"] for e in res["entries"]] == ["ours", "ours"]
     versions = res["versions"]
     assert [v["size"] for v in versions] == [len("second, longer\n"), len("first\n")]
