@@ -127,11 +127,13 @@ def local_trash(trash: Path) -> list[Recoverable]:
                 full = Path(root, name)
                 if full.is_symlink():
                     continue
+                try:
+                    size = full.stat().st_size
+                except OSError:
+                    continue  # emptied by the user meanwhile
                 rel = full.relative_to(stamp_dir).as_posix()
                 ref = full.relative_to(trash).as_posix()
-                found.append(
-                    Recoverable(rel, Origin.LOCAL_TRASH, ref, full.stat().st_size, "", when)
-                )
+                found.append(Recoverable(rel, Origin.LOCAL_TRASH, ref, size, "", when))
     return found
 
 
