@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from s3syncd.display import human_size as _human_size
 from s3syncd.errors import (
     EXIT_ERROR,
     EXIT_NOT_RUNNING,
@@ -18,7 +19,7 @@ from s3syncd.errors import (
     EXIT_USAGE,
     SyncError,
 )
-from s3syncd.model import APPROVABLE_KINDS
+from s3syncd.model import APPROVABLE_KINDS, shown
 
 EPILOG = """\
 exit codes:
@@ -90,6 +91,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s = sub.add_parser("log", help="the daemon's recent log lines")
     s.add_argument("-n", type=int, default=50, help="number of lines (default 50)")
+    s = sub.add_parser(
+        "diff",
+        help="show what a pending action would change (table, text or binary comparison)",
+        description="Compare the two versions a pending action involves: for an upload the "
+        "remote object -> your file; for a download or conflict your file -> the remote "
+        "object; for a delete the file -> nothing. CSV/TSV files are compared as tables "
+        "(rows added/removed/changed, by a unique key column or by position; Parquet and "
+        "Excel too with pyarrow/openpyxl installed), text as a unified diff, anything else "
+        "by size and MD5. Nothing changes: the remote copy is fetched to .S3/tmp and removed.",
+    )
+    s.add_argument("id", metavar="ID", help="the action's id (or a unique prefix) from 'pending'")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s = sub.add_parser(
+        "history",
+        help="who changed a file when, as far as this folder has seen it",
+        description="The changes of PATH this folder has seen (others' commits read from the "
+        "manifest, and our own), newest first, from .S3/sync-history.log; plus the S3 object "
+        "versions where the bucket has versioning on.",
+    )
+    s.add_argument("path", metavar="PATH", help="the file's path relative to the data folder")
+    s.add_argument("-n", type=int, default=None, help="at most this many entries")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s = sub.add_parser(
+        "trash",
+        help="list deleted or replaced versions that can be restored",
+        description="What 'restore' can bring back: copies in the remote .S3/deleted/, the "
+        "local trash .S3/trash/, and S3 object versions of deleted files where versioning is "
+        "on. VERSION numbers each path's versions, newest first.",
+    )
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s = sub.add_parser(
+        "restore",
+        help="bring a deleted version back as a new local file (then approve its upload)",
+        description="Write a version listed by 'trash' into the data folder. It never "
+        "overwrites a file: if PATH (or DEST) exists, the version is written beside it as "
+        "name.restored-<stamp>.ext, unless --force (then the existing file goes to the local "
+        "trash first). The restored file syncs like any other change: it appears in "
+        "'pending' as an upload.",
+    )
+    s.add_argument("path", metavar="PATH", help="the path it had, as 'trash' lists it")
+    s.add_argument(
+        "--version", type=int, default=1, metavar="N", help="which one (1 = newest, the default)"
+    )
+    s.add_argument("--to", metavar="DEST", help="restore to this path instead of PATH")
+    s.add_argument("--force", action="store_true", help="replace an existing file (kept in trash)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
     s = sub.add_parser("service", help="install the systemd user unit / launchd agent")
     ssub = s.add_subparsers(dest="service_command", metavar="SUBCOMMAND")
     ssub.required = True
@@ -267,7 +314,87 @@ def _dispatch(ctl: Ctl, args: argparse.Namespace) -> int:
         for line in ctl.call("log", {"n": args.n})["lines"]:
             _out(line)
         return EXIT_OK
+    if cmd in LOOKBACK:
+        return LOOKBACK[cmd](ctl, args)
     raise SyncError(f"unknown command {cmd}")
+
+
+def _diff(ctl: Ctl, args: argparse.Namespace) -> int:
+    res = ctl.call("diff", {"id": args.id})
+    if args.json:
+        _out(json.dumps({k: v for k, v in res.items() if k != "rendered"}, indent=1))
+    else:
+        _out(f"{res['id']} {res['action']}: {res['rendered']}")
+    return EXIT_OK
+
+
+def _history(ctl: Ctl, args: argparse.Namespace) -> int:
+    res = ctl.call("history", {"path": args.path, "limit": args.n})
+    if args.json:
+        _out(json.dumps(res, indent=1))
+        return EXIT_OK
+    cur = res["current"]
+    if cur:
+        _out(f"{shown(res['path'])}: now {cur[3]} by {shown(cur[1])} at {cur[2]}")
+    if not res["entries"]:
+        _out("No changes seen by this folder yet.")
+    for e in res["entries"]:
+        ours = " (this folder)" if e["source"] == "ours" else ""
+        _out(
+            f"  {e['time']}  {e['action']:<8}  {shown(e['user'])}{ours}  "
+            f"{e['md5'][:12]}  {_human_size(e['size'])}"
+        )
+    if res["versions"]:
+        _out("S3 object versions (newest first):")
+        for v in res["versions"]:
+            what = "delete marker" if v["delete_marker"] else _human_size(v["size"])
+            latest = "  (current)" if v["latest"] else ""
+            _out(f"  {v['modified']}  {v['version_id']}  {what}{latest}")
+    elif res["versions_error"]:
+        _out(f"(S3 versions not listed: {shown(res['versions_error'])})")
+    return EXIT_OK
+
+
+def _trash(ctl: Ctl, args: argparse.Namespace) -> int:
+    items = ctl.call("trash")
+    if args.json:
+        _out(json.dumps(items, indent=1))
+        return EXIT_OK
+    if not items:
+        _out("Nothing to restore.")
+        return EXIT_OK
+    rows = [("PATH", "VERSION", "SIZE", "DELETED BY", "WHEN", "WHERE")]
+    for it in items:
+        rows.append(
+            (
+                shown(it["path"]),
+                str(it["version"]),
+                _human_size(it["size"]),
+                shown(it["deleted_by"] or "-"),
+                it["deleted_at"] or "-",
+                it["origin"],
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        _out("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
+    return EXIT_OK
+
+
+def _restore(ctl: Ctl, args: argparse.Namespace) -> int:
+    params = {"path": args.path, "version": args.version, "to": args.to, "force": args.force}
+    res = ctl.call("restore", params)
+    if args.json:
+        _out(json.dumps(res, indent=1))
+    else:
+        _out(
+            f"restored {shown(res['from']['path'])} ({res['from']['origin']}) as "
+            f"{shown(res['restored'])}; approve its upload with 's3syncctl pending/approve'"
+        )
+    return EXIT_OK
+
+
+LOOKBACK = {"diff": _diff, "history": _history, "trash": _trash, "restore": _restore}
 
 
 def service_install(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from s3syncd import approvals
+from s3syncd import approvals, preview, recovery
 from s3syncd.api import build_engine, reset
 from s3syncd.approvals import ApprovalQueue, EntryState
 from s3syncd.config import Config
@@ -43,7 +43,7 @@ from s3syncd.errors import (
     SyncError,
 )
 from s3syncd.executor import Outcome
-from s3syncd.model import APPROVABLE_KINDS, ActionKind, Resolution
+from s3syncd.model import APPROVABLE_KINDS, ActionKind, Resolution, validate_rel_path
 from s3syncd.notify import Notifier
 from s3syncd.server import ControlServer, default_socket_path
 from s3syncd.watcher import Watcher
@@ -620,6 +620,90 @@ class Daemon:
         self.reset_requested = True
         self.stopping.set()
         return {"removed": removed, "stopping": True}
+
+    # --- looking back: diff, history, trash, restore (issue 8) ----------------------------
+    # diff, history and trash only read, so they run on the request thread and do not wait
+    # behind transfers; restore writes into the folder, so it runs on the worker.
+
+    def rpc_diff(self, params: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            action = self.queue.get([str(params.get("id", ""))])[0].action
+        found = preview.describe(
+            action, self.engine.remote, self.cfg.datafolder, self.engine.state.tmp
+        )
+        # The text rendering travels along, so that the client needs no pandas.
+        return {
+            "id": action.id,
+            "action": action.kind.value,
+            **found.to_json(),
+            "rendered": found.render(),
+        }
+
+    def rpc_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        path = validate_rel_path(str(params.get("path", "")))
+        limit = params.get("limit")
+        entries = self.engine.history.for_path(path, int(limit) if limit else None)
+        with self.engine.lock:
+            m = self.engine.manifest
+            row = m.rows.get(path) if m else None
+        versions_error = None
+        try:
+            found = [v for v in self.engine.remote.list_versions(path) if v.key == path]
+        except SyncError as exc:
+            found, versions_error = [], exc.message
+        found.sort(key=lambda v: v.modified, reverse=True)
+        return {
+            "path": path,
+            "current": row.to_list() if row else None,
+            "entries": [e.to_json() for e in entries],
+            "versions": [
+                {
+                    "version_id": v.version_id,
+                    "modified": _iso(v.modified),
+                    "size": v.size,
+                    "etag": v.etag,
+                    "latest": v.latest,
+                    "delete_marker": v.delete_marker,
+                }
+                for v in found
+            ],
+            "versions_error": versions_error,
+        }
+
+    def _recoverable(self, path: str | None) -> list[recovery.Recoverable]:
+        with self.engine.lock:
+            m = self.engine.manifest
+            tombstones = dict(m.tombstones) if m else {}
+        return recovery.catalogue(self.engine.remote, self.engine.state.trash, tombstones, path)
+
+    def rpc_trash(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return [item.to_json(n) for n, item in recovery.numbered(self._recoverable(None))]
+
+    def rpc_restore(self, params: dict[str, Any]) -> dict[str, Any]:
+        path = validate_rel_path(str(params.get("path", "")))
+        dest = validate_rel_path(str(params.get("to") or path))
+        item = recovery.pick(self._recoverable(path), path, int(params.get("version") or 1))
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self.clock()))
+
+        def do() -> str:
+            eng = self.engine
+            written = recovery.restore(
+                item,
+                eng.remote,
+                self.cfg.datafolder,
+                eng.state.tmp,
+                eng.state.trash,
+                dest,
+                force=bool(params.get("force")),
+                stamp=stamp,
+            )
+            # Noticed now rather than at the watcher's next batch: it is a new local file,
+            # so it waits for approval as an upload like any other.
+            self._local_changed({written})
+            return written
+
+        written = self.submit("restore", do).result(timeout=float(params.get("timeout", 600)))
+        return {"restored": written, "from": item.to_json()}
 
 
 def _setup_logging(cfg: Config, verbose: int, memlog: MemoryLog) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
-from s3syncd import executor, localfs, manifest, tables
+from s3syncd import executor, history, localfs, manifest, tables
 from s3syncd.atomicfile import write_atomic
 from s3syncd.config import Config
 from s3syncd.errors import SyncError, UnsafePathError
@@ -87,6 +87,9 @@ class Engine:
         self.workers = workers or cfg.daemon.workers
         self.clock = clock
         self.state = StateDir(cfg.datafolder)
+        self.history = history.HistoryLog(
+            self.state.file(history.HISTORY_FILE), manifest_copy=self.state.versions
+        )
         self.lock = threading.RLock()
         self.base: dict[str, str] = {}
         # The ETag each base version had on the remote, where known: the change signal
@@ -737,7 +740,7 @@ class Engine:
                     else:
                         # We just wrote this object: the listing must not contradict it.
                         self.objects[c.path] = RemoteObject(c.path, -1, "", c.row.checksum)
-        self._store(written)
+        self._store(written, ours={c.path for c in changes} - dropped)
         ours = {c.path for c in changes}
         with self.lock:
             self._mark(ours)
@@ -777,12 +780,26 @@ class Engine:
             self._mark(look)
         self._store(fresh)
 
-    def _store(self, fresh: manifest.Manifest) -> None:
-        """Adopt a manifest just read or written, and keep the legacy local copies."""
+    def _store(self, fresh: manifest.Manifest, ours: Iterable[str] = ()) -> None:
+        """Adopt a manifest just read or written (``ours``: paths our commit wrote), record
+        what changed in the history, and keep the legacy local copies."""
         with self.lock:
-            self.manifest = fresh
+            previous, self.manifest = self.manifest, fresh
+        self.history.observe(
+            previous.rows if previous else None,
+            fresh,
+            ours,
+            self._size_of,
+            self.user,
+            self.clock(),
+        )
         write_atomic(self.state.versions, fresh.raw_rows)
         write_atomic(self.state.deleted_remote, fresh.raw_tombstones)
+
+    def _size_of(self, path: str, md5: str) -> int | None:
+        """The size of ``path``'s content ``md5``, if that is what we hold locally."""
+        lf = self.index.get(path)
+        return lf.size if lf is not None and lf.md5 == md5 else None
 
     def _stamp(self) -> str:
         return time.strftime("%Y%m%d-%H%M%S", time.localtime(self.clock()))

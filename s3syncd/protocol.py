@@ -41,6 +41,10 @@ METHODS = frozenset(
         "resume",
         "reset",
         "log",
+        "diff",
+        "history",
+        "trash",
+        "restore",
     }
 )
 

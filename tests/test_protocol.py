@@ -41,7 +41,8 @@ def test_constants() -> None:
     assert MAX_REQUEST_BYTES == 1 << 20
     assert {"hello", "status", "pending", "approve", "reject", "resolve"} <= METHODS
     assert {"sync", "pause", "resume", "reset", "log"} <= METHODS
-    assert len(METHODS) == 11
+    assert {"diff", "history", "trash", "restore"} <= METHODS
+    assert len(METHODS) == 15
 
 
 @pytest.mark.parametrize("request_id", [1, 0, -7, "abc", ""])

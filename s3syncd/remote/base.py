@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from s3syncd.errors import RemoteNotFoundError
 from s3syncd.model import RemoteObject
 
 MANIFEST_KEY = ".S3/versions.csv"
@@ -31,6 +32,19 @@ class Blob:
 
     data: bytes
     etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectVersion:
+    """One version of an object in a bucket with versioning (or a delete marker)."""
+
+    key: str
+    version_id: str
+    size: int
+    etag: str
+    modified: float  # POSIX time the version was written
+    latest: bool
+    delete_marker: bool
 
 
 class NotModified:
@@ -135,6 +149,15 @@ class Remote(ABC):
         ``if_match``: only if the current ETag is this one; ``create_only``: only if it does
         not exist. Either refusal raises PreconditionFailedError.
         """
+
+    def list_versions(self, under: str = "") -> tuple[ObjectVersion, ...]:
+        """Every version (and delete marker) of the objects whose key starts with ``under``,
+        where the platform keeps versions; empty where it does not (the default)."""
+        return ()
+
+    def download_version(self, key: str, version_id: str, dest: Path) -> None:
+        """Write one version of an object to ``dest`` (a temp file the caller owns)."""
+        raise RemoteNotFoundError(f"{self.describe()} keeps no versions of {key}")
 
     def request_count(self) -> int | None:
         """Requests sent so far, if the platform counts them (for ``status`` and tests)."""

@@ -59,6 +59,7 @@ from s3syncd.remote.base import (
     STATE_PREFIX,
     Blob,
     NotModified,
+    ObjectVersion,
     ProgressCallback,
     Remote,
 )
@@ -733,6 +734,55 @@ class S3Remote(Remote):
         etag = self._etag(response.get("ETag", ""))
         self._learn_etag(etag, md5)
         return etag
+
+    # --- object versions (s3syncctl history/trash/restore; additive, read-only) ----------
+    def list_versions(self, under: str = "") -> tuple[ObjectVersion, ...]:
+        if under.startswith("/") or ".." in under.split("/"):
+            raise UnsafePathError(f"unsafe listing prefix {under!r}")
+        with self._translated(f"versioning of {self.describe()}"):
+            status = self._client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+        if status not in ("Enabled", "Suspended"):
+            return ()  # never versioned: one request tells, no listing needed
+        base = f"{self.prefix}/" if self.prefix else ""
+        found: dict[tuple[str, str], ObjectVersion] = {}
+        paginator = self._client.get_paginator("list_object_versions")
+        with self._translated(f"listing versions in {self.describe()}"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base + under):
+                for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+                    key = str(item.get("Key", ""))[len(base) :]
+                    if not key or key.endswith("/"):
+                        continue
+                    if not under and key.startswith(STATE_PREFIX):
+                        continue
+                    marker = "ETag" not in item  # delete markers have neither ETag nor Size
+                    modified = item.get("LastModified")
+                    version = ObjectVersion(
+                        key=key,
+                        version_id=str(item.get("VersionId", "")),
+                        size=int(str(item.get("Size", 0))),
+                        etag="" if marker else self._etag(str(item.get("ETag", ""))),
+                        modified=modified.timestamp() if modified else 0.0,
+                        latest=bool(item.get("IsLatest")),
+                        delete_marker=marker,
+                    )
+                    found[(key, version.version_id)] = version
+        return tuple(found.values())
+
+    def download_version(self, key: str, version_id: str, dest: Path) -> None:
+        full = self._full_key(key)
+        try:
+            with self._translated(f"download {key} version {version_id}"):
+                body = self._client.get_object(Bucket=self.bucket, Key=full, VersionId=version_id)[
+                    "Body"
+                ]
+                try:
+                    with dest.open("wb") as fh:
+                        for chunk in body.iter_chunks(STREAM_CHUNK):
+                            fh.write(chunk)
+                finally:
+                    body.close()
+        except OSError as exc:
+            raise TransferError(f"cannot write {dest}: {exc.strerror or exc}") from exc
 
     def supports_conditional_writes(self) -> bool:
         """Probe once: create-only twice and a stale If-Match must both be refused."""
