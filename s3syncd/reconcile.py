@@ -10,7 +10,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from s3syncd.model import Action, ActionKind, LocalFile, Plan, RemoteView, Row
+from s3syncd.model import Action, ActionKind, LocalFile, MoveSource, Plan, RemoteView, Row
 
 # Stands for the content of an object whose MD5 is unknown (multipart ETag, no row):
 # it equals nothing, so it is always "changed".
@@ -88,7 +88,7 @@ def reconcile(
                 forget.add(path)
             if side.kind is RemoteKind.GONE and path in remote.rows:
                 actions.append(_record(path, b, lf, side, remote.etag, "object gone; drop row"))
-    return Plan(actions=tuple(actions), agreed=agreed, forget=frozenset(forget))
+    return Plan(actions=tuple(pair_moves(actions, remote)), agreed=agreed, forget=frozenset(forget))
 
 
 class _Outcome(enum.Enum):
@@ -169,3 +169,80 @@ def _record(
         manifest_etag=etag,
         remote_size=side.size,
     )
+
+
+def pair_moves(actions: list[Action], remote: RemoteView) -> list[Action]:
+    """Turn a remote delete and an upload of the same content into one move.
+
+    A local rename shows up as "deleted locally" at the old name and "new local file" at
+    the new one. Paired only when the server-side copy is sure to carry exactly the
+    content the upload would: the old name unchanged locally (deleted) and on the remote
+    (its row and its listed object both still the base version, same size), the new name
+    new on both sides (no base, no row, no object). Without a listing nothing vouches for
+    the object, so nothing is paired. Several candidates with one content are paired in
+    (name, path) order, so a renamed folder of identical files pairs ``a/x`` with ``b/x``;
+    any pairing moves the same bytes, and the leftovers stay uploads and deletes.
+    """
+    if remote.objects is None:
+        return actions
+    sources: dict[tuple[str, int], list[tuple[Action, MoveSource]]] = {}
+    targets: dict[tuple[str, int], list[Action]] = {}
+    for a in actions:
+        if (found := _move_source(a, remote)) is not None:
+            sources.setdefault(found[0], []).append((a, found[1]))
+        elif (key := _move_target(a)) is not None:
+            targets.setdefault(key, []).append(a)
+    moves: dict[str, Action] = {}  # by the new path
+    paired: set[str] = set()  # old paths
+    for key, dests in targets.items():
+        olds = sorted(sources.get(key, []), key=lambda s: _pair_order(s[0].path))
+        ordered = sorted(dests, key=lambda d: _pair_order(d.path))
+        # Not strict: unequal counts leave the extra uploads or deletes as they are.
+        for dest, (old, src) in zip(ordered, olds, strict=False):
+            moves[dest.path] = Action(
+                kind=ActionKind.MOVE,
+                path=dest.path,
+                reason=f"moved from {old.path}",
+                local=dest.local,
+                remote=dest.remote,
+                remote_md5=None,
+                base_md5=None,
+                manifest_etag=dest.manifest_etag,
+                remote_size=None,
+                source=src,
+            )
+            paired.add(old.path)
+    if not moves:
+        return actions
+    return [
+        moves.get(a.path, a)
+        for a in actions
+        if not (a.kind is ActionKind.DELETE_REMOTE and a.path in paired)
+    ]
+
+
+def _pair_order(path: str) -> tuple[str, str]:
+    return path.rpartition("/")[2], path
+
+
+def _move_source(a: Action, remote: RemoteView) -> tuple[tuple[str, int], MoveSource] | None:
+    """(content key, source) if ``a`` deletes an unchanged remote version of a file
+    deleted locally; None otherwise."""
+    if a.kind is not ActionKind.DELETE_REMOTE or a.local is not None or a.base_md5 is None:
+        return None
+    obj = remote.objects.get(a.path) if remote.objects is not None else None
+    row = a.remote
+    if obj is None or row is None or a.remote_md5 != a.base_md5:
+        return None
+    if row.checksum != a.base_md5 or obj.md5 != a.base_md5:
+        return None
+    return (a.base_md5, obj.size), MoveSource(a.path, row, obj.etag or None)
+
+
+def _move_target(a: Action) -> tuple[str, int] | None:
+    """The content key if ``a`` uploads a file new on both sides; None otherwise."""
+    if a.kind is not ActionKind.UPLOAD or a.local is None:
+        return None
+    if a.base_md5 is not None or a.remote_md5 is not None:
+        return None
+    return a.local.md5, a.local.size
