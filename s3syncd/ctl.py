@@ -185,7 +185,10 @@ def show_pending(items: list[dict[str, Any]]) -> None:
             (
                 it["id"],
                 it["kind"] + state,
-                shown(it["path"]),
+                # A move shows its old name too: "old/path -> new/path".
+                f"{shown(it['source'])} -> {shown(it['path'])}"
+                if it.get("source")
+                else shown(it["path"]),
                 _human_size(it["size"]),
                 shown(it["edited_by"] or "-"),
                 (it["queued_at"] or "")[:19].replace("T", " "),

@@ -177,7 +177,8 @@ def pair_moves(actions: list[Action], remote: RemoteView) -> list[Action]:
     A local rename shows up as "deleted locally" at the old name and "new local file" at
     the new one. Paired only when the server-side copy is sure to carry exactly the
     content the upload would: the old name unchanged locally (deleted) and on the remote
-    (its row and its listed object both still the base version, same size), the new name
+    (its row and its listed object both still the base version, of the same size where
+    the listing knows it), the new name
     new on both sides (no base, no row, no object). Without a listing nothing vouches for
     the object, so nothing is paired. Several candidates with one content are paired in
     (name, path) order, so a renamed folder of identical files pairs ``a/x`` with ``b/x``;
@@ -185,20 +186,26 @@ def pair_moves(actions: list[Action], remote: RemoteView) -> list[Action]:
     """
     if remote.objects is None:
         return actions
-    sources: dict[tuple[str, int], list[tuple[Action, MoveSource]]] = {}
-    targets: dict[tuple[str, int], list[Action]] = {}
+    sources: dict[str, list[tuple[Action, MoveSource, int]]] = {}
+    targets: dict[str, list[Action]] = {}
     for a in actions:
         if (found := _move_source(a, remote)) is not None:
-            sources.setdefault(found[0], []).append((a, found[1]))
-        elif (key := _move_target(a)) is not None:
-            targets.setdefault(key, []).append(a)
+            sources.setdefault(found[0].row.checksum, []).append((a, *found))
+        elif (md5 := _move_target(a)) is not None:
+            targets.setdefault(md5, []).append(a)
     moves: dict[str, Action] = {}  # by the new path
     paired: set[str] = set()  # old paths
-    for key, dests in targets.items():
-        olds = sorted(sources.get(key, []), key=lambda s: _pair_order(s[0].path))
-        ordered = sorted(dests, key=lambda d: _pair_order(d.path))
-        # Not strict: unequal counts leave the extra uploads or deletes as they are.
-        for dest, (old, src) in zip(ordered, olds, strict=False):
+    for md5, dests in targets.items():
+        olds = sorted(sources.get(md5, []), key=lambda s: _pair_order(s[0].path))
+        for dest in sorted(dests, key=lambda d: _pair_order(d.path)):
+            assert dest.local is not None
+            size = dest.local.size
+            # A size of -1 is an object we wrote this session, listed without one.
+            match = next((s for s in olds if s[2] in (size, -1)), None)
+            if match is None:
+                continue  # the extra copies stay uploads
+            olds.remove(match)
+            old, src, _ = match
             moves[dest.path] = Action(
                 kind=ActionKind.MOVE,
                 path=dest.path,
@@ -225,8 +232,8 @@ def _pair_order(path: str) -> tuple[str, str]:
     return path.rpartition("/")[2], path
 
 
-def _move_source(a: Action, remote: RemoteView) -> tuple[tuple[str, int], MoveSource] | None:
-    """(content key, source) if ``a`` deletes an unchanged remote version of a file
+def _move_source(a: Action, remote: RemoteView) -> tuple[MoveSource, int] | None:
+    """(source, listed size) if ``a`` deletes an unchanged remote version of a file
     deleted locally; None otherwise."""
     if a.kind is not ActionKind.DELETE_REMOTE or a.local is not None or a.base_md5 is None:
         return None
@@ -236,13 +243,13 @@ def _move_source(a: Action, remote: RemoteView) -> tuple[tuple[str, int], MoveSo
         return None
     if row.checksum != a.base_md5 or obj.md5 != a.base_md5:
         return None
-    return (a.base_md5, obj.size), MoveSource(a.path, row, obj.etag or None)
+    return MoveSource(a.path, row, obj.etag or None), obj.size
 
 
-def _move_target(a: Action) -> tuple[str, int] | None:
-    """The content key if ``a`` uploads a file new on both sides; None otherwise."""
+def _move_target(a: Action) -> str | None:
+    """The MD5 if ``a`` uploads a file new on both sides; None otherwise."""
     if a.kind is not ActionKind.UPLOAD or a.local is None:
         return None
     if a.base_md5 is not None or a.remote_md5 is not None:
         return None
-    return a.local.md5, a.local.size
+    return a.local.md5

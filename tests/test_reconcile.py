@@ -956,6 +956,18 @@ def test_no_move_unless_every_fact_holds(facts: tuple[dict[str, object], dict[st
     assert kinds_by_path(plan) == expected
 
 
+def test_an_object_we_wrote_this_session_pairs_without_a_listed_size() -> None:
+    # After our own commit the engine lists what it wrote with size -1 and no ETag: the
+    # move is still planned, and names no ETag (the executor reads the current one).
+    base, local, view = rename_world()
+    assert view.objects is not None
+    objects = {OLD: RemoteObject(OLD, -1, "", CONTENT["B"])}
+    plan = reconcile(base, local, RemoteView(view.rows, objects=objects, etag=ETAG), USER)
+    (move,) = plan.actions
+    assert move.kind is ActionKind.MOVE and move.source is not None
+    assert move.source.etag is None
+
+
 def test_moves_are_never_counted_as_deletes_of_content() -> None:
     base, local, view = rename_world()
     plan = reconcile(base, local, view, USER)
