@@ -15,7 +15,15 @@ from s3syncd import remote as platforms
 from s3syncd.config import Config, Policy, load_config, read_legacy_credentials, resolve_user_name
 from s3syncd.engine import Engine
 from s3syncd.errors import ConfigError
-from s3syncd.model import APPROVABLE_KINDS, DELETE_KINDS, Action, ActionKind, Resolution, shown
+from s3syncd.model import (
+    APPROVABLE_KINDS,
+    DELETE_KINDS,
+    POLICY_KINDS,
+    Action,
+    ActionKind,
+    Resolution,
+    shown,
+)
 from s3syncd.remote.base import STATE_PREFIX, TRASH_PREFIX, Remote
 from s3syncd.state import StateDir
 
@@ -202,7 +210,7 @@ def _pass(
             if bar is not None:
                 bar.file_done()
             if out.action.kind is not ActionKind.RECORD or not out.ok:
-                what = f"{shown(out.action.path)}: {shown(out.message)}"
+                what = f"{interactive.shown_path(out.action)}: {shown(out.message)}"
                 say(f"  [{mark}] {out.action.kind.value:<13} {what}")
 
         progress = bar.advance if bar is not None else None
@@ -253,7 +261,7 @@ def _auto_kinds(auto_approve: bool | Iterable[str]) -> frozenset[ActionKind]:
         return frozenset(APPROVABLE_KINDS)
     if auto_approve is False:
         return frozenset()
-    names = {k.value: k for k in APPROVABLE_KINDS}
+    names = {k.value: k for k in POLICY_KINDS}
     try:
         return frozenset(names[str(n)] for n in auto_approve)
     except KeyError as exc:
@@ -275,7 +283,8 @@ def smart_sync(
 
     ``auto_approve=True`` approves everything (conflicts keep both copies), or pass a list
     of kinds (``"upload"``, ``"download"``, ``"delete_remote"``, ``"delete_local"``,
-    ``"conflict"``). Without a terminal, unapproved actions are left for the next run.
+    ``"conflict"``); a move (a local rename) is approved when both ``"upload"`` and
+    ``"delete_remote"`` are. Without a terminal, unapproved actions are left for the next run.
     """
     values = {} if config else _settings(platform, aws_bkt, aws_prfx, datafolder, settings)
     cfg = load_config(Path(config) if config else None, values)

@@ -9,7 +9,15 @@ from typing import Any
 
 from s3syncd.config import Policy
 from s3syncd.errors import UnknownActionError
-from s3syncd.model import DELETE_KINDS, Action, ActionKind, LocalFile, Resolution, Row
+from s3syncd.model import (
+    DELETE_KINDS,
+    Action,
+    ActionKind,
+    LocalFile,
+    MoveSource,
+    Resolution,
+    Row,
+)
 from s3syncd.state import QUEUE_FILE, StateDir
 
 # How long deletions that ran without a person's say-so keep counting against the brake.
@@ -105,6 +113,10 @@ def auto_approved(action: Action, policy: Policy, brake: DeleteBrake) -> bool:
     """True if ``action`` may run without the user's say-so."""
     if action.kind is ActionKind.RECORD:
         return True  # manifest bookkeeping; touches no file
+    if action.kind is ActionKind.MOVE:
+        # A move is an upload (by copy) plus a remote delete: it runs unasked only if
+        # both would. Not a delete for the brake: the content stays, under the new name.
+        return {ActionKind.UPLOAD, ActionKind.DELETE_REMOTE} <= policy.auto_approve
     if action.kind in DELETE_KINDS and brake.engaged:
         return False
     return action.kind in policy.auto_approve
@@ -160,12 +172,16 @@ def action_to_json(a: Action) -> dict[str, Any]:
         "base_md5": a.base_md5,
         "manifest_etag": a.manifest_etag,
         "remote_size": a.remote_size,
+        "source": None
+        if a.source is None
+        else {"path": a.source.path, "row": a.source.row.to_list(), "etag": a.source.etag},
     }
 
 
 def action_from_json(d: Mapping[str, Any]) -> Action:
     local = d.get("local")
     remote = d.get("remote")
+    source = d.get("source")  # absent in queues written before moves existed
     return Action(
         kind=ActionKind(d["kind"]),
         path=str(d["path"]),
@@ -178,6 +194,9 @@ def action_from_json(d: Mapping[str, Any]) -> Action:
         base_md5=d.get("base_md5"),
         manifest_etag=d.get("manifest_etag"),
         remote_size=d.get("remote_size"),
+        source=None
+        if source is None
+        else MoveSource(str(source["path"]), Row.from_list(source["row"]), source.get("etag")),
     )
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from s3syncd import api
 from s3syncd.config import DEFAULT_CONFIG_NAME, Config, load_config
 from s3syncd.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, SyncError
-from s3syncd.model import APPROVABLE_KINDS, Action, ActionKind
+from s3syncd.model import APPROVABLE_KINDS, POLICY_KINDS, Action, ActionKind
 
 if TYPE_CHECKING:
     from s3syncd.display import TransferBar
@@ -122,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KIND",
-        choices=[k.value for k in APPROVABLE_KINDS],
-        help="approve this kind without asking (repeatable)",
+        choices=[k.value for k in POLICY_KINDS],
+        help="approve this kind without asking (repeatable; moves go with "
+        "upload plus delete_remote)",
     )
     p.add_argument("--dry-run", "-n", action="store_true", help="show the plan, change nothing")
 

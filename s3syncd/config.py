@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from s3syncd.errors import ConfigError
-from s3syncd.model import APPROVABLE_KINDS, STATE_DIR, ActionKind
+from s3syncd.model import POLICY_KINDS, STATE_DIR, ActionKind
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -175,7 +175,7 @@ def _kinds(raw: Any) -> frozenset[ActionKind]:
         raw = [p.strip() for p in raw.split(",") if p.strip()]
     if not isinstance(raw, list):
         raise ConfigError("policy.auto_approve must be a list of action kinds")
-    names = {k.value: k for k in APPROVABLE_KINDS}
+    names = {k.value: k for k in POLICY_KINDS}
     # "delete" is accepted as shorthand for both delete kinds.
     out: set[ActionKind] = set()
     for item in raw:
@@ -183,6 +183,11 @@ def _kinds(raw: Any) -> frozenset[ActionKind]:
             out |= {ActionKind.DELETE_LOCAL, ActionKind.DELETE_REMOTE}
         elif item in names:
             out.add(names[item])
+        elif item == ActionKind.MOVE.value:
+            raise ConfigError(
+                "policy.auto_approve: 'move' is not a kind of its own; moves run unasked "
+                "when both 'upload' and 'delete_remote' are listed"
+            )
         else:
             raise ConfigError(
                 f"policy.auto_approve: unknown kind {item!r}; use {', '.join(sorted(names))}"

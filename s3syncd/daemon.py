@@ -525,11 +525,14 @@ class Daemon:
                     "id": e.action.id,
                     "kind": e.action.kind.value,
                     "path": e.action.path,
+                    # The old name of a move (null for every other kind).
+                    "source": e.action.source.path if e.action.source else None,
                     "size": e.action.size,
                     "edited_by": e.action.edited_by
                     or (
                         self.engine.user
-                        if e.action.kind in (ActionKind.UPLOAD, ActionKind.DELETE_REMOTE)
+                        if e.action.kind
+                        in (ActionKind.UPLOAD, ActionKind.DELETE_REMOTE, ActionKind.MOVE)
                         else ""
                     ),
                     "time_edited": e.action.remote.time_edited if e.action.remote else None,

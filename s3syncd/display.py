@@ -191,7 +191,12 @@ def pending_table(items: Sequence[Mapping[str, Any]], tty: bool = False) -> Tabl
         table.add_row(
             Text(str(it["id"]), style="bold"),
             kind,
-            Text(shown(it["path"])),
+            # A move shows its old name too: "old/path -> new/path".
+            Text(
+                f"{shown(it['source'])} -> {shown(it['path'])}"
+                if it.get("source")
+                else shown(it["path"])
+            ),
             Text(human_size(it["size"])),
             Text(shown(it["edited_by"] or "-")),
             Text((it["queued_at"] or "")[:19].replace("T", " ")),

@@ -553,6 +553,12 @@ class Engine:
                 continue
             if a.manifest_etag == etag:
                 continue
+            if a.source is not None:
+                # A move also needs its old name's row to be the version it copies.
+                old = rows.get(a.source.path)
+                if old is None or old.checksum != a.source.row.checksum:
+                    stale.add(a.id)
+                    continue
             row = rows.get(a.path)
             now_md5 = row.checksum if row else None
             changed = now_md5 != a.remote_md5 if a.remote is not None else row is not None

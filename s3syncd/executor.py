@@ -26,6 +26,7 @@ from s3syncd import localfs
 from s3syncd.errors import (
     ChecksumMismatchError,
     PreconditionFailedError,
+    RemoteNotFoundError,
     StaleActionError,
     SyncError,
     TransferError,
@@ -90,6 +91,8 @@ def run(ctx: Context, action: Action, resolution: Resolution | None = None) -> O
             out = _delete_local(ctx, action)
         elif action.kind is ActionKind.CONFLICT:
             out = _conflict(ctx, action, resolution or Resolution.BOTH)
+        elif action.kind is ActionKind.MOVE:
+            out = _move(ctx, action)
         else:
             out = _record(ctx, action)
     except StaleActionError as exc:
@@ -262,21 +265,31 @@ def _download(ctx: Context, action: Action) -> Outcome:
     return Outcome(action, True, "downloaded", changes, {lf.path: lf.md5}, {lf.path: lf})
 
 
-def trash_key(ctx: Context, path: str) -> str:
+def trash_key(ctx: Context, path: str, source_etag: str | None = None) -> str:
     """Copy the object into ``.S3/deleted/<path>~<YYYYmmdd-HHMMSS>-<user>`` (``-2``, ``-3``
     ... beside an earlier copy) and return the key.
 
     Always suffixed: the original package writes ``.S3/deleted/<basename>`` blindly, so an
-    unsuffixed key could be overwritten by an old client's later delete.
+    unsuffixed key could be overwritten by an old client's later delete. With
+    ``source_etag``, only that version is copied (StaleActionError otherwise).
     """
     stem = f"{TRASH_PREFIX}{path}~{ctx.stamp()}-{_safe_user(ctx.user)}"
     for key in [stem] + [f"{stem}-{n}" for n in range(2, 100)]:
         try:
-            ctx.remote.copy(path, key)
+            ctx.remote.copy(path, key, source_etag=source_etag)
         except PreconditionFailedError:
+            if source_etag is not None and not _has_version(ctx, path, source_etag):
+                raise StaleActionError(
+                    f"{path} changed on the remote since the action was planned"
+                ) from None
             continue
         return key
     raise TransferError(f"{path}: could not find a free name under {TRASH_PREFIX}")
+
+
+def _has_version(ctx: Context, path: str, etag: str) -> bool:
+    current = ctx.remote.stat(path)
+    return current is not None and current.etag == etag.strip('"')
 
 
 def _safe_user(user: str) -> str:
@@ -335,6 +348,55 @@ def _delete_local(ctx: Context, action: Action) -> Outcome:
         (),
         {action.path: None},
         {action.path: None},
+    )
+
+
+def _move(ctx: Context, action: Action) -> Outcome:
+    """A local rename, done on the remote without sending a byte: a server-side copy of
+    the old name's object to the new name, then the old name's soft delete (trash copy,
+    conditional delete, tombstone), as an upload plus a remote delete would leave it.
+
+    Both copies and the delete name the old object's ETag, and the new name is created
+    only if absent: any change on either name since planning makes the move stale.
+    """
+    src, lf = action.source, action.local
+    assert src is not None and lf is not None
+    localfs.check_unchanged(ctx.root, lf.path, lf)
+    localfs.check_unchanged(ctx.root, src.path, None)
+    etag = src.etag
+    if etag is None:
+        # No listing named the version (e.g. our own upload this session): a HEAD does.
+        current = ctx.remote.stat(src.path)
+        if current is None or current.md5 != src.row.checksum or not current.etag:
+            raise StaleActionError(f"{src.path} changed on the remote since the move was planned")
+        etag = current.etag
+    try:
+        ctx.remote.copy(src.path, lf.path, source_etag=etag)
+    except PreconditionFailedError:
+        raise StaleActionError(
+            f"{lf.path} appeared or {src.path} changed on the remote since the move was "
+            "planned; nothing moved"
+        ) from None
+    except RemoteNotFoundError:
+        raise StaleActionError(
+            f"{src.path} was deleted on the remote since the move was planned; nothing moved"
+        ) from None
+    # From here the new name holds the content. Should the soft delete be refused, the
+    # next plan restores its row (it matches the local file) and re-plans the old name.
+    key = trash_key(ctx, src.path, source_etag=etag)
+    try:
+        ctx.remote.delete(src.path, if_match=etag)
+    except PreconditionFailedError:
+        raise StaleActionError(
+            f"{src.path} changed on the remote since the move was planned; not deleted"
+        ) from None
+    log.info("%s: remote copy kept at %s", src.path, key)
+    return Outcome(
+        action,
+        True,
+        f"moved from {src.path} on the remote (copy kept in .S3/deleted/)",
+        (RowChange(lf.path, _row_for(ctx, lf)), RowChange(src.path, None, src.row)),
+        {lf.path: lf.md5, src.path: None},
     )
 
 

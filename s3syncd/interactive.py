@@ -17,6 +17,8 @@ GROUP_TITLES = {
     ActionKind.DELETE_REMOTE: "Delete on the remote (a copy is kept in .S3/deleted/)",
     ActionKind.DELETE_LOCAL: "Delete locally (the file is moved to .S3/trash/)",
     ActionKind.CONFLICT: "Conflicts (changed on both sides)",
+    ActionKind.MOVE: "Move on the remote (renamed locally; nothing is uploaded, the old "
+    "name's copy is kept in .S3/deleted/)",
 }
 
 
@@ -32,7 +34,14 @@ def human_size(size: int | None) -> str:
 
 
 def describe(action: Action) -> str:
-    return f"{shown(action.path)}  [{human_size(action.size)}]  {action.reason}"
+    return f"{shown_path(action)}  [{human_size(action.size)}]  {action.reason}"
+
+
+def shown_path(action: Action) -> str:
+    """The path as shown to a person: ``old -> new`` for a move."""
+    if action.source is not None:
+        return f"{shown(action.source.path)} -> {shown(action.path)}"
+    return shown(action.path)
 
 
 def parse_selection(answer: str, count: int) -> list[int] | None:

@@ -27,12 +27,18 @@ class ActionKind(enum.Enum):
     DELETE_REMOTE = "delete_remote"
     DELETE_LOCAL = "delete_local"
     CONFLICT = "conflict"
+    # A local rename: the remote object is copied server-side to the new name, then the
+    # old name is soft-deleted (``Action.path`` is the new name, ``Action.source`` the old).
+    MOVE = "move"
     # Manifest bookkeeping only (restore a row lost to a blind write, drop a row whose
     # object and local file are both gone). Touches no user file, so never waits.
     RECORD = "record"
 
 
 APPROVABLE_KINDS = tuple(k for k in ActionKind if k is not ActionKind.RECORD)
+# The kinds a policy names. A move is not one: it runs unasked only when both ``upload``
+# and ``delete_remote`` do (see approvals.auto_approved).
+POLICY_KINDS = tuple(k for k in APPROVABLE_KINDS if k is not ActionKind.MOVE)
 DELETE_KINDS = (ActionKind.DELETE_REMOTE, ActionKind.DELETE_LOCAL)
 
 
@@ -94,6 +100,17 @@ class RemoteView:
 
 
 @dataclass(frozen=True, slots=True)
+class MoveSource:
+    """The old name of a move, as planned: its manifest row (whose checksum is the
+    content moved) and the listed ETag of its object, which the copy and the soft delete
+    must still find (None when no listing vouched for it)."""
+
+    path: str
+    row: Row
+    etag: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Action:
     """One proposed change, with the facts it was planned from.
 
@@ -110,18 +127,25 @@ class Action:
     base_md5: str | None
     manifest_etag: str | None = None
     remote_size: int | None = None
+    source: MoveSource | None = None  # moves only
 
     @property
     def id(self) -> str:
         """Stable for the same change, so a re-plan keeps ids and rejections stick."""
         local_md5 = self.local.md5 if self.local else "-"
         raw = f"{self.kind.value}\0{self.path}\0{local_md5}\0{self.remote_md5 or '-'}"
+        if self.source is not None:
+            # Appended only for moves, so every other id stays what it was.
+            raw += f"\0{self.source.path}\0{self.source.row.checksum}"
         return hashlib.sha1(raw.encode()).hexdigest()[:10]
 
     @property
     def size(self) -> int | None:
         """Bytes that would move (the local file's for uploads, the remote's otherwise)."""
-        if self.kind in (ActionKind.UPLOAD, ActionKind.DELETE_LOCAL) and self.local:
+        if (
+            self.kind in (ActionKind.UPLOAD, ActionKind.DELETE_LOCAL, ActionKind.MOVE)
+            and self.local
+        ):
             return self.local.size
         if self.remote_size is not None:
             return self.remote_size

@@ -10,7 +10,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from s3syncd.model import Action, ActionKind, LocalFile, Plan, RemoteView, Row
+from s3syncd.model import Action, ActionKind, LocalFile, MoveSource, Plan, RemoteView, Row
 
 # Stands for the content of an object whose MD5 is unknown (multipart ETag, no row):
 # it equals nothing, so it is always "changed".
@@ -88,7 +88,7 @@ def reconcile(
                 forget.add(path)
             if side.kind is RemoteKind.GONE and path in remote.rows:
                 actions.append(_record(path, b, lf, side, remote.etag, "object gone; drop row"))
-    return Plan(actions=tuple(actions), agreed=agreed, forget=frozenset(forget))
+    return Plan(actions=tuple(pair_moves(actions, remote)), agreed=agreed, forget=frozenset(forget))
 
 
 class _Outcome(enum.Enum):
@@ -169,3 +169,87 @@ def _record(
         manifest_etag=etag,
         remote_size=side.size,
     )
+
+
+def pair_moves(actions: list[Action], remote: RemoteView) -> list[Action]:
+    """Turn a remote delete and an upload of the same content into one move.
+
+    A local rename shows up as "deleted locally" at the old name and "new local file" at
+    the new one. Paired only when the server-side copy is sure to carry exactly the
+    content the upload would: the old name unchanged locally (deleted) and on the remote
+    (its row and its listed object both still the base version, of the same size where
+    the listing knows it), the new name
+    new on both sides (no base, no row, no object). Without a listing nothing vouches for
+    the object, so nothing is paired. Several candidates with one content are paired in
+    (name, path) order, so a renamed folder of identical files pairs ``a/x`` with ``b/x``;
+    any pairing moves the same bytes, and the leftovers stay uploads and deletes.
+    """
+    if remote.objects is None:
+        return actions
+    sources: dict[str, list[tuple[Action, MoveSource, int]]] = {}
+    targets: dict[str, list[Action]] = {}
+    for a in actions:
+        if (found := _move_source(a, remote)) is not None:
+            sources.setdefault(found[0].row.checksum, []).append((a, *found))
+        elif (md5 := _move_target(a)) is not None:
+            targets.setdefault(md5, []).append(a)
+    moves: dict[str, Action] = {}  # by the new path
+    paired: set[str] = set()  # old paths
+    for md5, dests in targets.items():
+        olds = sorted(sources.get(md5, []), key=lambda s: _pair_order(s[0].path))
+        for dest in sorted(dests, key=lambda d: _pair_order(d.path)):
+            assert dest.local is not None
+            size = dest.local.size
+            # A size of -1 is an object we wrote this session, listed without one.
+            match = next((s for s in olds if s[2] in (size, -1)), None)
+            if match is None:
+                continue  # the extra copies stay uploads
+            olds.remove(match)
+            old, src, _ = match
+            moves[dest.path] = Action(
+                kind=ActionKind.MOVE,
+                path=dest.path,
+                reason=f"moved from {old.path}",
+                local=dest.local,
+                remote=dest.remote,
+                remote_md5=None,
+                base_md5=None,
+                manifest_etag=dest.manifest_etag,
+                remote_size=None,
+                source=src,
+            )
+            paired.add(old.path)
+    if not moves:
+        return actions
+    return [
+        moves.get(a.path, a)
+        for a in actions
+        if not (a.kind is ActionKind.DELETE_REMOTE and a.path in paired)
+    ]
+
+
+def _pair_order(path: str) -> tuple[str, str]:
+    return path.rpartition("/")[2], path
+
+
+def _move_source(a: Action, remote: RemoteView) -> tuple[MoveSource, int] | None:
+    """(source, listed size) if ``a`` deletes an unchanged remote version of a file
+    deleted locally; None otherwise."""
+    if a.kind is not ActionKind.DELETE_REMOTE or a.local is not None or a.base_md5 is None:
+        return None
+    obj = remote.objects.get(a.path) if remote.objects is not None else None
+    row = a.remote
+    if obj is None or row is None or a.remote_md5 != a.base_md5:
+        return None
+    if row.checksum != a.base_md5 or obj.md5 != a.base_md5:
+        return None
+    return MoveSource(a.path, row, obj.etag or None), obj.size
+
+
+def _move_target(a: Action) -> str | None:
+    """The MD5 if ``a`` uploads a file new on both sides; None otherwise."""
+    if a.kind is not ActionKind.UPLOAD or a.local is None:
+        return None
+    if a.base_md5 is not None or a.remote_md5 is not None:
+        return None
+    return a.local.md5

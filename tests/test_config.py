@@ -249,7 +249,13 @@ def test_delete_is_shorthand_for_both_delete_kinds(tmp_path: Path) -> None:
 def test_every_approvable_kind_is_accepted(tmp_path: Path) -> None:
     kinds = "['upload', 'download', 'delete_remote', 'delete_local', 'conflict']"
     cfg = load(s3_config(tmp_path, extra=f"[policy]\nauto_approve = {kinds}"))
-    assert cfg.policy.auto_approve == set(ActionKind) - {ActionKind.RECORD}
+    # A move is not a policy kind: it runs unasked when both upload and delete_remote do.
+    assert cfg.policy.auto_approve == set(ActionKind) - {ActionKind.RECORD, ActionKind.MOVE}
+
+
+def test_move_is_refused_as_a_policy_kind_with_what_to_write_instead(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="both 'upload' and 'delete_remote'"):
+        load(s3_config(tmp_path, extra="[policy]\nauto_approve = ['move']"))
 
 
 # --- user name -----------------------------------------------------------------------------

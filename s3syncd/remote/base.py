@@ -130,8 +130,12 @@ class Remote(ABC):
         """
 
     @abstractmethod
-    def copy(self, src_key: str, dst_key: str) -> None:
-        """Server-side copy. Raises PreconditionFailedError if ``dst_key`` already exists."""
+    def copy(self, src_key: str, dst_key: str, *, source_etag: str | None = None) -> None:
+        """Server-side copy. Raises PreconditionFailedError if ``dst_key`` already exists.
+
+        ``source_etag``: copy only that version of the source (``CopySourceIfMatch``);
+        if the source now holds another, PreconditionFailedError and nothing is copied.
+        """
 
     @abstractmethod
     def read_blob(self, key: str, if_none_match: str | None = None) -> Blob | NotModified | None:

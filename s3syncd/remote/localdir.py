@@ -495,10 +495,19 @@ class LocalDirRemote(Remote):
         except (FileNotFoundError, NotADirectoryError):
             pass
 
-    def copy(self, src_key: str, dst_key: str) -> None:
+    def copy(self, src_key: str, dst_key: str, *, source_etag: str | None = None) -> None:
+        what = f"copy {src_key} -> {dst_key}"
+
         def refuse_existing(path: Path) -> None:
             if os.path.lexists(path):
-                raise PreconditionFailedError(f"copy {src_key} -> {dst_key}: destination exists")
+                raise PreconditionFailedError(f"{what}: destination exists")
+
+        def fill(src: IO[bytes], fh: IO[bytes]) -> str:
+            got = _copy_stream(src, fh, None)
+            # The ETag is the MD5: the bytes copied are the version named, or nothing is.
+            if source_etag is not None and got != source_etag.strip('"').lower():
+                raise PreconditionFailedError(f"{what}: the source is not the version expected")
+            return got
 
         # Checked early to skip a pointless read; checked again under the lock to be sure.
         refuse_existing(self._path(dst_key))
@@ -506,12 +515,12 @@ class LocalDirRemote(Remote):
             try:
                 self._install(
                     dst_key,
-                    lambda fh: _copy_stream(src, fh, None),
+                    lambda fh: fill(src, fh),
                     refuse_existing,
                     exclusive=True,
                 )
             except OSError as exc:
-                raise _translate_os(exc, f"copy {src_key} -> {dst_key}") from exc
+                raise _translate_os(exc, what) from exc
 
     def read_blob(self, key: str, if_none_match: str | None = None) -> Blob | NotModified | None:
         try:

@@ -645,7 +645,7 @@ class S3Remote(Remote):
         with contextlib.suppress(RemoteNotFoundError), self._translated(what):
             self._client.delete_object(Bucket=self.bucket, Key=full)
 
-    def copy(self, src_key: str, dst_key: str) -> None:
+    def copy(self, src_key: str, dst_key: str, *, source_etag: str | None = None) -> None:
         src_full, dst_full = self._full_key(src_key), self._full_key(dst_key)
         # The HEAD catches an existing destination on every server; If-None-Match below
         # closes the race window where the server supports it.
@@ -655,16 +655,32 @@ class S3Remote(Remote):
         if source is None:
             raise RemoteNotFoundError(f"copy {src_key} -> {dst_key}: no such object")
         what = f"copy {src_key} -> {dst_key}"
+        # Checked here too for servers that ignore CopySourceIfMatch (moto does).
+        if source_etag is not None and source.etag != _strip_etag(source_etag):
+            raise PreconditionFailedError(f"{what}: the source is not the version expected")
         copy_source: CopySourceTypeDef = {"Bucket": self.bucket, "Key": src_full}
+        source_if: dict[str, str] = (
+            {} if source_etag is None else {"CopySourceIfMatch": self._wire_etag(source_etag)}
+        )
         if source.size > self._copy_threshold:
             # Managed multipart copy; it carries the metadata (our md5) over itself.
             with self._translated(what):
-                self._client.copy(copy_source, self.bucket, dst_full, Config=self._transfer)
+                self._client.copy(
+                    copy_source,
+                    self.bucket,
+                    dst_full,
+                    ExtraArgs=source_if or None,
+                    Config=self._transfer,
+                )
             return
         if self._copy_if_none_match:
             try:
                 self._client.copy_object(
-                    Bucket=self.bucket, Key=dst_full, CopySource=copy_source, IfNoneMatch="*"
+                    Bucket=self.bucket,
+                    Key=dst_full,
+                    CopySource=copy_source,
+                    IfNoneMatch="*",
+                    **source_if,  # type: ignore[arg-type]
                 )
                 return
             except ClientError as exc:
@@ -676,7 +692,12 @@ class S3Remote(Remote):
             except (BotoCoreError, Boto3Error) as exc:
                 raise self._error(exc, what) from exc
         with self._translated(what):
-            self._client.copy_object(Bucket=self.bucket, Key=dst_full, CopySource=copy_source)
+            self._client.copy_object(
+                Bucket=self.bucket,
+                Key=dst_full,
+                CopySource=copy_source,
+                **source_if,  # type: ignore[arg-type]
+            )
 
     def read_blob(self, key: str, if_none_match: str | None = None) -> Blob | NotModified | None:
         full = self._full_key(key)
