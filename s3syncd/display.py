@@ -111,6 +111,8 @@ def status_view(st: Mapping[str, Any], errors_shown: int = 5) -> Group:
     state = str(st["state"])
     head = Text(f"s3syncd {shown(st['name'])}: ", style="bold")
     head.append(state, style=STATE_STYLES.get(state, ""))
+    if not st.get("ready", True):
+        head.append(" (starting: first scan and poll under way)", style="yellow")
     lines: list[Text] = [
         head,
         _line("folder", shown(st["datafolder"])),

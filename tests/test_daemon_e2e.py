@@ -127,9 +127,12 @@ def start(node: Node, env: dict[str, str]) -> None:
         assert node.proc is not None
         if node.proc.poll() is not None:
             raise AssertionError(f"daemon exited: {node.log.read_text() if node.log else ''}")
-        return node.ctl("status")[0] == 0
+        # Serving starts before the first scan and poll; "ready" says they are done (the
+        # queue then holds the start-up plan, as a user's first `pending` would see it).
+        code, out = node.ctl("status", "--json")
+        return code == 0 and bool(json.loads(out).get("ready"))
 
-    wait_until(up, 30, f"{node.name} to serve")
+    wait_until(up, 60, f"{node.name} to serve")
 
 
 def stop(node: Node) -> int:
