@@ -96,6 +96,8 @@ DEFAULT_MAX_CONCURRENCY = 4
 MAX_SINGLE_COPY = 5 * GiB
 MD5_METADATA = "md5"
 STREAM_CHUNK = 1 << 20
+# Part size of the CRT's ranged downloads: bounds its buffers, one on_body call per part.
+GET_PART = 8 * MiB
 
 _HEX_MD5 = re.compile(r"[0-9a-f]{32}")
 _AUTH_CODES = frozenset(
@@ -236,7 +238,7 @@ class _CrtTransport:
     Python. The requests are built here, with exactly the headers the boto3 path sends
     (Content-MD5, the md5 metadata, If-Match/If-None-Match). s3transfer's CRT manager
     is not used: it strips Content-MD5, refuses IfMatch/IfNoneMatch and hides the reply's
-    ETag. DEFAULT-type requests are never split into parts by the CRT.
+    ETag. PutObject goes as a DEFAULT request, which the CRT never splits into parts.
     """
 
     def __init__(
@@ -293,19 +295,33 @@ class _CrtTransport:
         )
 
     def _run(self, request: Any, operation: str, **options: Any) -> _CrtReply:
-        """Send one request and wait; raises awscrt's errors (the caller translates)."""
+        """Send ``request`` and wait; raises awscrt's errors (the caller translates).
+
+        GetObject goes as the CRT's GET_OBJECT meta request: a large object comes in
+        ranged parts over parallel connections (each part conditional on the first
+        part's ETag), handed to ``on_body`` in order, one callback per part; a small
+        one is a single GET. DEFAULT requests would buffer a whole body in memory.
+        """
         reply: dict[str, Any] = {}
 
         def on_headers(status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
             reply["status"] = status_code  # a retry's reply replaces an earlier one
             reply["headers"] = {k.lower(): v for k, v in headers}
 
+        if operation == "GetObject":
+            kind, options = awscrt.s3.S3RequestType.GET_OBJECT, {"part_size": GET_PART, **options}
+        elif operation == "GetObjectWhole":
+            kind, options = (
+                awscrt.s3.S3RequestType.DEFAULT,
+                {"operation_name": "GetObject", **options},
+            )
+        else:
+            kind, options = (
+                awscrt.s3.S3RequestType.DEFAULT,
+                {"operation_name": operation, **options},
+            )
         made = self._client.make_request(
-            type=awscrt.s3.S3RequestType.DEFAULT,
-            operation_name=operation,
-            request=request,
-            on_headers=on_headers,
-            **options,
+            type=kind, request=request, on_headers=on_headers, **options
         )
         made.finished_future.result()
         return _CrtReply(int(reply.get("status", 0)), reply.get("headers", {}))
@@ -319,10 +335,18 @@ class _CrtTransport:
 
     def get(self, full_key: str, dest: Path, progress: ProgressCallback | None) -> str:
         """GetObject into ``dest``; returns the MD5 of the bytes written, hashed as written."""
-        request = self._request("GET", full_key, [("Content-Length", "0")])
         sink = _HashingSink(dest, progress)
         try:
-            self._run(request, "GetObject", on_body=sink.write)
+            try:
+                request = self._request("GET", full_key, [("Content-Length", "0")])
+                self._run(request, "GetObject", on_body=sink.write)
+            except awscrt.s3.S3ResponseError as exc:
+                if exc.status_code != 416:
+                    raise
+                # An empty object has no byte range to ask for: one plain GET instead.
+                sink.restart()
+                request = self._request("GET", full_key, [("Content-Length", "0")])
+                self._run(request, "GetObjectWhole", on_body=sink.write)
         finally:
             sink.close()
         return sink.result()
@@ -348,15 +372,19 @@ class _HashingSink:
         self._progress = progress
         self._failure: BaseException | None = None
 
+    def restart(self) -> None:
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._written = 0
+        self._failure = None
+
     def write(self, chunk: Any, offset: int, **_: Any) -> None:
         if self._failure is not None:
             return
         try:
             if offset == 0 and self._written:
-                self._fh.seek(0)
-                self._fh.truncate()
-                self._md5 = hashlib.md5(usedforsecurity=False)
-                self._written = 0
+                self.restart()
             elif offset != self._written:
                 raise TransferError(f"response body out of order at {offset} of {self._written}")
             self._fh.write(chunk)
