@@ -705,3 +705,33 @@ def test_s3_transfer_engine_setting(s3_server: S3Server, s3_bucket: str) -> None
         from_settings({**settings, "transfer_engine": "fast"})
     for engine in ("auto", "crt", "boto3"):
         from_settings({**settings, "transfer_engine": engine}).close()
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("engine", ["crt", "boto3"])
+def test_s3_transfers_to_an_unreachable_endpoint_fail_fast(
+    s3_server: S3Server, tmp_path: Path, engine: str
+) -> None:
+    """The CRT keeps the client's retry budget and connect timeout, not its own (5
+    retries with up to 20 s of backoff)."""
+    settings = s3_server.remote_settings("bucket", "p")
+    settings.update(
+        endpoint_url=f"http://127.0.0.1:{closed_port()}",
+        connect_timeout=1,
+        read_timeout=1,
+        max_attempts=1,
+        transfer_engine=engine,
+    )
+    remote = from_settings(settings)
+    src = write_file(tmp_path / "f", b"data")
+    try:
+        for transfer in (
+            lambda: remote.upload(src, "f.txt", md5_of(b"data")),
+            lambda: remote.download("f.txt", tmp_path / "d"),
+        ):
+            started = time.monotonic()
+            with pytest.raises(EndpointError, match=r"127\.0\.0\.1"):
+                transfer()
+            assert time.monotonic() - started < 6
+    finally:
+        remote.close()

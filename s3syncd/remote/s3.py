@@ -248,6 +248,8 @@ class _CrtTransport:
         credentials: Any,
         bucket: str,
         path_style: bool,
+        max_attempts: int,
+        connect_timeout: float,
     ) -> None:
         parts = urlsplit(endpoint_url)
         tls = parts.scheme == "https"
@@ -284,6 +286,9 @@ class _CrtTransport:
                 awscrt.s3.S3RequestTlsMode.ENABLED if tls else awscrt.s3.S3RequestTlsMode.DISABLED
             ),
             tls_connection_options=tls_options,
+            # The same patience as the boto3 client (the CRT cannot do fewer than 1 retry).
+            retry_config=awscrt.s3.S3RetryConfig(max_retries=max(1, max_attempts - 1)),
+            connect_timeout_ms=max(1, int(connect_timeout * 1000)),
         )
 
     def _request(
@@ -494,7 +499,15 @@ class S3Remote(Remote):
         path_style = style == "path" or _is_custom_endpoint(meta.endpoint_url) or "." in self.bucket
         try:
             transport = _CrtTransport(
-                meta.endpoint_url, meta.region_name, credentials, self.bucket, path_style
+                meta.endpoint_url,
+                meta.region_name,
+                credentials,
+                self.bucket,
+                path_style,
+                max_attempts=int(
+                    (getattr(meta.config, "retries", None) or {}).get("max_attempts", 5)
+                ),
+                connect_timeout=float(getattr(meta.config, "connect_timeout", None) or 60),
             )
         except (awscrt.exceptions.AwsCrtError, BotoCoreError, RuntimeError) as exc:
             if engine is TransferEngine.CRT:
@@ -646,7 +659,8 @@ class S3Remote(Remote):
         return _plain_md5(etag) if self._etags_are_md5 else None
 
     def close(self) -> None:
-        """Close the client's connection pool."""
+        """Close the client's connection pool (and let the CRT client's threads go)."""
+        self._crt = None
         self._client.close()
 
     def describe(self) -> str:
