@@ -52,18 +52,32 @@ def make_s3_remote(server: S3Server, bucket: str, prefix: str, **kwargs: Any) ->
     return S3Remote(bucket, prefix, server.client(), **kwargs)
 
 
-@pytest.fixture(params=[pytest.param("S3", marks=pytest.mark.s3), "Local"])
+@pytest.fixture(
+    params=[
+        pytest.param("S3", marks=pytest.mark.s3),
+        pytest.param("S3-boto3", marks=pytest.mark.s3),
+        "Local",
+    ]
+)
 def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Remote]:
-    """Each platform, empty. S3 uses a 5 MiB multipart threshold so multipart is cheap."""
-    if request.param == "S3":
+    """Each platform, empty. S3 uses a 5 MiB multipart threshold so multipart is cheap.
+
+    "S3" carries data transfers on the CRT (awscrt is a dependency), "S3-boto3" on boto3
+    alone, as where awscrt is missing: the same contract holds on both.
+    """
+    if request.param.startswith("S3"):
+        from s3syncd.remote.s3 import TransferEngine
+
         server: S3Server = request.getfixturevalue("s3_server")
         bucket: str = request.getfixturevalue("s3_bucket")
+        engine = TransferEngine.BOTO3 if request.param == "S3-boto3" else TransferEngine.CRT
         s3 = make_s3_remote(
             server,
             bucket,
             unique_name("p"),
             multipart_threshold=5 * MiB,
             multipart_chunksize=5 * MiB,
+            transfer_engine=engine,
         )
         try:
             yield s3
@@ -160,6 +174,28 @@ def test_upload_download_roundtrip_with_progress(remote: Remote, tmp_path: Path)
     remote.download("dir/file.bin", dest, received.append)
     assert dest.read_bytes() == data
     assert sum(received) == len(data)
+
+
+@pytest.mark.parametrize("size", [0, 4096, 1 * MiB + 3, 11 * MiB], ids=str)
+def test_download_returns_the_md5_of_what_it_wrote(
+    remote: Remote, tmp_path: Path, size: int
+) -> None:
+    """The MD5 comes from the bytes as they were written, so the caller need not read the
+    file back; it is what the file holds, never the metadata's word for it."""
+    data = os.urandom(size)
+    remote.upload(write_file(tmp_path / "src", data), "f.bin", md5_of(data))
+    dest = tmp_path / "dest"
+    written = remote.download("f.bin", dest)
+    assert dest.read_bytes() == data
+    assert written == md5_of(data)
+
+
+def test_download_over_an_existing_temp_file_replaces_it(remote: Remote, tmp_path: Path) -> None:
+    data = b"short"
+    remote.upload(write_file(tmp_path / "src", data), "f.txt", md5_of(data))
+    dest = write_file(tmp_path / "dest", b"a much longer leftover from an earlier attempt")
+    assert remote.download("f.txt", dest) == md5_of(data)
+    assert dest.read_bytes() == data
 
 
 @pytest.mark.parametrize("size", [1 * MiB, 11 * MiB], ids=["single", "multipart"])
@@ -594,3 +630,108 @@ def test_s3_check_aborts_abandoned_multipart_uploads(
     finally:
         young.close()
         old.close()
+
+
+def test_upload_preconditions(remote: Remote, tmp_path: Path) -> None:
+    """Create-only and If-Match ride on every upload path (the CRT's too)."""
+    v1, v2, ours = b"v1", b"v2 by a colleague", b"our edit"
+    first = remote.upload(write_file(tmp_path / "v1", v1), "f.txt", md5_of(v1), create_only=True)
+    with pytest.raises(PreconditionFailedError):
+        remote.upload(write_file(tmp_path / "o", ours), "f.txt", md5_of(ours), create_only=True)
+    second = remote.upload(
+        write_file(tmp_path / "v2", v2), "f.txt", md5_of(v2), if_match=first.etag
+    )
+    with pytest.raises(PreconditionFailedError):
+        remote.upload(tmp_path / "o", "f.txt", md5_of(ours), if_match=first.etag)
+    assert remote.download("f.txt", tmp_path / "now") == md5_of(v2)
+    remote.delete("f.txt")
+    with pytest.raises(PreconditionFailedError):
+        remote.upload(tmp_path / "o", "f.txt", md5_of(ours), if_match=second.etag)
+    assert remote.stat("f.txt") is None
+
+
+def test_upload_refuses_content_that_is_not_the_md5(remote: Remote, tmp_path: Path) -> None:
+    """Content-MD5 (S3) makes the store refuse bytes other than the ones hashed."""
+    src = write_file(tmp_path / "f", b"what the file holds now")
+    try:
+        obj = remote.upload(src, "f.txt", md5_of(b"what was hashed"), create_only=True)
+    except SyncError:
+        assert remote.stat("f.txt") is None
+        return
+    assert obj.md5 == md5_of(src.read_bytes())
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("engine", ["crt", "boto3"])
+def test_s3_transfer_errors_are_translated(
+    s3_server: S3Server, s3_bucket: str, tmp_path: Path, engine: str
+) -> None:
+    """Whatever carries the data, a missing object, a missing bucket and wrong
+    credentials give the same errors, without secrets."""
+    settings = s3_server.remote_settings(s3_bucket, "p")
+    settings["transfer_engine"] = engine
+    src = write_file(tmp_path / "f", b"data")
+    remote = from_settings(settings)
+    try:
+        with pytest.raises(RemoteNotFoundError):
+            remote.download("missing.txt", tmp_path / "d")
+    finally:
+        remote.close()
+    bad_secret = "not-the-secret-123"
+    settings["credentials"]["aws_secret_access_key"] = bad_secret
+    remote = from_settings(settings)
+    try:
+        with pytest.raises(AuthError) as up:
+            remote.upload(src, "f.txt", md5_of(b"data"), create_only=True)
+        with pytest.raises(AuthError) as down:
+            remote.download("f.txt", tmp_path / "d")
+        for err in (up.value, down.value):
+            assert bad_secret not in str(err) and s3_server.secret_key not in str(err)
+    finally:
+        remote.close()
+    missing = {**s3_server.remote_settings(unique_name("missing"), "p"), "transfer_engine": engine}
+    remote = from_settings(missing)
+    try:
+        with pytest.raises(BucketNotFoundError):
+            remote.download("f.txt", tmp_path / "d")
+    finally:
+        remote.close()
+
+
+@pytest.mark.s3
+def test_s3_transfer_engine_setting(s3_server: S3Server, s3_bucket: str) -> None:
+    settings = s3_server.remote_settings(s3_bucket, "p")
+    with pytest.raises(ConfigError, match="transfer_engine"):
+        from_settings({**settings, "transfer_engine": "fast"})
+    for engine in ("auto", "crt", "boto3"):
+        from_settings({**settings, "transfer_engine": engine}).close()
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("engine", ["crt", "boto3"])
+def test_s3_transfers_to_an_unreachable_endpoint_fail_fast(
+    s3_server: S3Server, tmp_path: Path, engine: str
+) -> None:
+    """The CRT keeps the client's retry budget and connect timeout, not its own (5
+    retries with up to 20 s of backoff)."""
+    settings = s3_server.remote_settings("bucket", "p")
+    settings.update(
+        endpoint_url=f"http://127.0.0.1:{closed_port()}",
+        connect_timeout=1,
+        read_timeout=1,
+        max_attempts=1,
+        transfer_engine=engine,
+    )
+    remote = from_settings(settings)
+    src = write_file(tmp_path / "f", b"data")
+    try:
+        for transfer in (
+            lambda: remote.upload(src, "f.txt", md5_of(b"data")),
+            lambda: remote.download("f.txt", tmp_path / "d"),
+        ):
+            started = time.monotonic()
+            with pytest.raises(EndpointError, match=r"127\.0\.0\.1"):
+                transfer()
+            assert time.monotonic() - started < 6
+    finally:
+        remote.close()

@@ -95,8 +95,15 @@ class Remote(ABC):
         """The object's facts, or None if it does not exist. ``md5`` from metadata if set."""
 
     @abstractmethod
-    def download(self, key: str, dest: Path, progress: ProgressCallback | None = None) -> None:
-        """Write the object's content to ``dest`` (a temp file the caller owns)."""
+    def download(
+        self, key: str, dest: Path, progress: ProgressCallback | None = None
+    ) -> str | None:
+        """Write the object's content to ``dest`` (a temp file the caller owns).
+
+        Returns the hex MD5 of the bytes written to ``dest``, hashed as they were written
+        (so the caller need not read the file again), or None if the platform did not
+        compute it.
+        """
 
     @abstractmethod
     def upload(

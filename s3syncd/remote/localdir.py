@@ -382,7 +382,10 @@ class LocalDirRemote(Remote):
             raise RemoteNotFoundError(f"{key}: not a regular file")
         return fh
 
-    def download(self, key: str, dest: Path, progress: ProgressCallback | None = None) -> None:
+    def download(
+        self, key: str, dest: Path, progress: ProgressCallback | None = None
+    ) -> str | None:
+        digest = hashlib.md5(usedforsecurity=False)
         with self._open(key) as src:
             try:
                 out = open(dest, "wb")  # noqa: SIM115 - closed below, errors split by side
@@ -400,9 +403,11 @@ class LocalDirRemote(Remote):
                         out.write(chunk)
                     except OSError as exc:
                         raise TransferError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+                    digest.update(chunk)
                     if progress is not None:
                         progress(len(chunk))
         log.debug("downloaded %s to %s", key, dest)
+        return digest.hexdigest()
 
     def upload(
         self,
