@@ -732,6 +732,8 @@ def test_s3_transfers_to_an_unreachable_endpoint_fail_fast(
             started = time.monotonic()
             with pytest.raises(EndpointError, match=r"127\.0\.0\.1"):
                 transfer()
-            assert time.monotonic() - started < 6
+            # Loose on purpose (a loaded 2-core CI machine): the CRT's own retry policy
+            # (5 attempts, up to 20 s of backoff) would take longer than this.
+            assert time.monotonic() - started < 15
     finally:
         remote.close()
