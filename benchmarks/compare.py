@@ -121,6 +121,10 @@ def run_measured(
         timer.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl-C: no child outlives the harness
+            proc.kill()
+            proc.wait()
+            raise
         finally:
             timer.cancel()
         seconds = time.perf_counter() - t0
@@ -1008,8 +1012,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM (and SIGINT, which a shell ignores in background jobs) end the run like
+    # Ctrl-C: the partial table is printed and SeaweedFS and the daemons are stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     work = Path(tempfile.mkdtemp(prefix="s3sd-compare-", dir=args.tmp))
     say(f"work folder {work}")
     load_before = os.getloadavg()[0]
@@ -1023,14 +1035,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         define_rows(bench.table, args)
         for tool, reason in peers.missing.items():
             bench.table.note(f"{tool}: {reason}")
-        if "bulk" in args.only and args.files:
-            bench.bulk()
-        if "rename" in args.only and args.rename_files:
-            bench.rename()
-        if "bigfile" in args.only and args.big_file_mib:
-            bench.bigfile()
-        if "big" in args.only and args.big_files:
-            bench.big()
+        groups = [
+            (bench.bulk, "bulk" in args.only and args.files),
+            (bench.big, "big" in args.only and args.big_files),
+            (bench.rename, "rename" in args.only and args.rename_files),
+            (bench.bigfile, "bigfile" in args.only and args.big_file_mib),
+        ]
+        try:
+            for group, wanted in groups:
+                if wanted:
+                    group()
+        except KeyboardInterrupt:
+            # Ctrl-C still prints what was measured so far.
+            bench.table.note("INTERRUPTED: rows without figures were not reached")
         sys.stdout.write(
             describe_setup(args, peers, load_before) + "\n" + bench.table.render() + "\n"
         )
