@@ -219,6 +219,11 @@ def _launch(data_dir: Path) -> S3Server:
         "-admin.ui=false",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
+        # Every bucket is a collection that takes several volumes, and the volume count is
+        # otherwise capped by free disk / volume size: ~75 buckets, then every PUT gets
+        # HTTP 500. The suite makes a bucket per test; volumes are sparse files.
+        "-volume.max=5000",
+        "-master.volumeSizeLimitMB=16",
         *(f"-{name}.port={port}" for name, port in ports.items()),
     ]
     with open(log_path, "wb") as log:
