@@ -398,7 +398,7 @@ class Engine:
             obj = self.remote.stat(path)
             if obj is not None and obj.md5 is None and self._shared(path):
                 b, e = base.get(path), base_etags.get(path)
-                if b is not None and e == obj.etag:
+                if b is not None and obj.etag in (e, b):
                     obj = replace(obj, md5=b)
                 elif b is not None and e is not None:
                     obj = replace(obj, md5=UNKNOWN_MD5)  # changed, content unknown
@@ -447,7 +447,9 @@ class Engine:
         if the metadata is missing too, a changed ETag means "changed, content unknown".
         Only an object we never agreed on has nothing to compare with: the row stands.
         """
-        if base_md5 is not None and base_etag == obj.etag:
+        # The agreed ETag, or an ETag that is the agreed MD5 (only an ETag different from
+        # the MD5 is kept): the base's content.
+        if base_md5 is not None and obj.etag in (base_etag, base_md5):
             return replace(obj, md5=base_md5)
         if seen is not None and seen.etag == obj.etag and seen.md5 not in (None, UNKNOWN_MD5):
             return seen  # learnt at an earlier listing, and unchanged since
