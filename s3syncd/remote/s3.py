@@ -28,6 +28,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from xml.etree import ElementTree
 
 import boto3
+import botocore.session
 from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
@@ -43,6 +44,7 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from botocore.utils import parse_timestamp
 from s3transfer.utils import ChunksizeAdjuster
 
 try:
@@ -133,6 +135,17 @@ def _plain_md5(etag: str) -> str | None:
     """
     etag = _strip_etag(etag).lower()
     return etag if _HEX_MD5.fullmatch(etag) else None
+
+
+def _timestamp(value: str) -> dt.datetime:
+    """A response timestamp. botocore parses each with dateutil (~70 us): most of the CPU of
+    a 100,000-object LIST, one time per object. ``fromisoformat`` reads the ISO 8601 form
+    of listings far faster; any other form (HTTP dates in headers) goes the botocore way."""
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return parse_timestamp(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def _quoted(etag: str) -> str:
@@ -571,7 +584,12 @@ class S3Remote(Remote):
         base_config = Config(**config_args)
         path_style = Config(s3={"addressing_style": "path"})
         try:
+            core = botocore.session.get_session()
+            core.get_component("response_parser_factory").set_parser_defaults(
+                timestamp_parser=_timestamp
+            )
             session = boto3.session.Session(
+                botocore_session=core,
                 profile_name=settings.get("profile") or None,
                 region_name=settings.get("region") or None,
                 aws_access_key_id=credentials.get("aws_access_key_id"),
