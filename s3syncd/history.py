@@ -162,6 +162,12 @@ class HistoryLog:
         """Record how the manifest changed from ``before`` (None: the copy on disk) to
         ``fresh``; ``ours`` are the paths of our own commit, made by ``user``."""
         if before is None and self.manifest_copy is not None:
+            try:
+                unchanged = self.manifest_copy.read_bytes() == fresh.raw_rows
+            except OSError:
+                unchanged = False
+            if unchanged:
+                return  # the common restart: no parse of the whole copy to find nothing
             before = rows_on_disk(self.manifest_copy)
         if before is None:
             return  # the first read ever: nothing to compare with
