@@ -398,8 +398,9 @@ class Engine:
             obj = self.remote.stat(path)
             if obj is not None and obj.md5 is None and self._shared(path):
                 b, e = base.get(path), base_etags.get(path)
-                if b is not None and obj.etag in (e, b):
-                    obj = replace(obj, md5=b)
+                known = _md5_from_base(obj, b, e)
+                if known is not None:
+                    obj = known
                 elif b is not None and e is not None:
                     obj = replace(obj, md5=UNKNOWN_MD5)  # changed, content unknown
             found[path] = obj
@@ -447,10 +448,9 @@ class Engine:
         if the metadata is missing too, a changed ETag means "changed, content unknown".
         Only an object we never agreed on has nothing to compare with: the row stands.
         """
-        # The agreed ETag, or an ETag that is the agreed MD5 (only an ETag different from
-        # the MD5 is kept): the base's content.
-        if base_md5 is not None and obj.etag in (base_etag, base_md5):
-            return replace(obj, md5=base_md5)
+        known = _md5_from_base(obj, base_md5, base_etag)
+        if known is not None:
+            return known
         if seen is not None and seen.etag == obj.etag and seen.md5 not in (None, UNKNOWN_MD5):
             return seen  # learnt at an earlier listing, and unchanged since
         stat = self.remote.stat(obj.key)
@@ -826,6 +826,17 @@ class Engine:
                 "base_files": len(self.base),
                 "skipped": len(self.skipped),
             }
+
+
+def _md5_from_base(
+    obj: RemoteObject, base_md5: str | None, base_etag: str | None
+) -> RemoteObject | None:
+    """``obj`` with the agreed MD5 if its ETag says it still holds the agreed content: the
+    agreed ETag, or an ETag that is the agreed MD5 (only an ETag other than the MD5 is
+    kept); None when the ETag tells nothing."""
+    if base_md5 is not None and obj.etag in (base_etag, base_md5):
+        return replace(obj, md5=base_md5)
+    return None
 
 
 def _pick(

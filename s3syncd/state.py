@@ -205,17 +205,10 @@ class StateDir:
         """Clear the journal and apply ``changes`` to the base, in one transaction."""
         self.store.clear_journal_and_update_base(changes)
 
-    def append_base(self, updates: Mapping[str, str | None]) -> None:
-        """Record agreements now, O(change); their ETags are unknown until the batch ends."""
-        self.store.update_base({p: None if m is None else (m, None) for p, m in updates.items()})
-
     def load_index(self) -> dict[str, LocalFile]:
         return {
             p: LocalFile(p, size, mtime, md5) for p, size, mtime, md5 in self.store.load_index()
         }
-
-    def save_index(self, index: Mapping[str, LocalFile]) -> None:
-        self.store.replace_index((f.path, f.size, f.mtime_ns, f.md5) for f in index.values())
 
     def update_index(self, changes: Mapping[str, LocalFile | None]) -> None:
         self.store.update_index(
